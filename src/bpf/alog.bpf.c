@@ -1,0 +1,627 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * alog.bpf.c: the in-kernel half of k8s-alog.
+ *
+ * Design, driven by what these kernels allow and what they charge:
+ * - No syscall tracepoints at all. Enabling any of them puts every syscall on
+ *   the node on the slow path. Data is seen at the socket layer instead
+ *   (sock_send_length / sock_recv_length), which fires only for sockets: file
+ *   I/O never reaches these programs, so it is filtered for free.
+ * - The syscall number and arguments (for the payload prefix and the fd) are
+ *   read back from the task's saved user registers.
+ * - Per-connection state lives in socket local storage: it is created on
+ *   first sight, freed by the kernel with the socket, has no fixed cap, and
+ *   its identity is the socket cookie, which is never reused (fd reuse is
+ *   irrelevant).
+ * - Lifecycle (connect, accept, close, with real handshake times) comes from
+ *   inet_sock_set_state; final TCP figures are read from tcp_sock at close.
+ * - Ring-buffer records are submitted without a wake-up unless the ring is
+ *   filling; user space drains it on a short timer.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "alog.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define MSG_PEEK 2
+#define PF_KTHREAD 0x00200000
+
+/* Set by user space before load. */
+const volatile __u32 self_tgid = 0;
+const volatile __u32 capture_bytes = 4096;
+const volatile __u64 wakeup_bytes = 1 << 20;
+const volatile bool filter_pid = false;
+const volatile bool filter_cgroup = false;
+const volatile bool filter_port = false;
+
+/* Dummy instances put the event structs into BTF for the skeleton's types. */
+struct alog_data_event _alog_data_event = {};
+struct alog_conn_event _alog_conn_event = {};
+enum alog_event_kind _alog_event_kind = 0;
+enum alog_conn_type _alog_conn_type = 0;
+enum alog_role _alog_role = 0;
+enum alog_conn_flags _alog_conn_flags = 0;
+enum alog_dir _alog_dir = 0;
+enum alog_syscall _alog_syscall = 0;
+enum alog_counter _alog_counter = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+struct conn_state {
+	__u64 cookie;
+	__u64 connect_start_ns;
+	__u64 established_ns;
+	__u64 close_start_ns;
+	__u64 cgroup_id;
+	__u64 bytes_sent;
+	__u64 bytes_recv;
+	__u64 send_calls;
+	__u64 recv_calls;
+	__u64 seq;
+	__u32 tgid;
+	__u32 flags;
+	__u8 role;
+	__u8 pad[7];
+	char comm[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct conn_state);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ALOG_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} pid_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} cgroup_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u16);
+	__type(value, __u8);
+} port_filter SEC(".maps");
+
+/* Room for one data event and a payload copy; twice the cap so that the
+ * verifier can prove every partial copy stays inside. */
+#define SCRATCH_SIZE (sizeof(struct alog_data_event) + 2 * ALOG_MAX_CAPTURE)
+struct scratch {
+	__u8 buf[SCRATCH_SIZE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_map SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline __u64 rb_flags(void)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) {
+		count(ALOG_CNT_WAKEUPS);
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline bool is_tcp(const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family != AF_INET && family != AF_INET6)
+		return false;
+	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP &&
+	       BPF_CORE_READ(sk, sk_type) == SOCK_STREAM;
+}
+
+static __always_inline bool port_allowed(const struct sock *sk)
+{
+	__u16 lport, rport;
+
+	if (!filter_port)
+		return true;
+	lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return bpf_map_lookup_elem(&port_filter, &lport) ||
+	       bpf_map_lookup_elem(&port_filter, &rport);
+}
+
+static __always_inline bool cgroup_allowed(__u64 cg)
+{
+	return !filter_cgroup || bpf_map_lookup_elem(&cgroup_filter, &cg);
+}
+
+static __always_inline bool pid_allowed(__u32 tgid)
+{
+	return !filter_pid || bpf_map_lookup_elem(&pid_filter, &tgid);
+}
+
+static __always_inline void set_owner(struct conn_state *st)
+{
+	st->tgid = bpf_get_current_pid_tgid() >> 32;
+	st->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(st->comm, sizeof(st->comm));
+	st->flags |= ALOG_F_OWNER_KNOWN;
+}
+
+static __always_inline void fill_tuple(struct alog_conn_event *e, const struct sock *sk)
+{
+	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	/* inet_sport survives unhashing at close; skc_num does not. */
+	e->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (e->family == AF_INET) {
+		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		__builtin_memcpy(e->saddr, &s, 4);
+		__builtin_memcpy(e->daddr, &d, 4);
+	} else {
+		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* Emit a connection event. `st` may be NULL (a socket we never tracked). */
+static __always_inline void emit_conn(const struct sock *sk, struct conn_state *st, __u8 type,
+				      int oldstate, int newstate, __u64 now)
+{
+	struct alog_conn_event *e;
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(ALOG_CNT_DROP_CONN);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->hdr.kind = ALOG_EV_CONN;
+	e->type = type;
+	e->ts_ns = now;
+	e->old_state = oldstate;
+	e->new_state = newstate;
+	fill_tuple(e, sk);
+	if (st) {
+		e->cookie = st->cookie;
+		e->connect_start_ns = st->connect_start_ns;
+		e->established_ns = st->established_ns;
+		e->close_start_ns = st->close_start_ns;
+		e->cgroup_id = st->cgroup_id;
+		e->bytes_sent = st->bytes_sent;
+		e->bytes_recv = st->bytes_recv;
+		e->send_calls = st->send_calls;
+		e->recv_calls = st->recv_calls;
+		e->data_events = st->seq;
+		e->tgid = st->tgid;
+		e->flags = st->flags;
+		e->role = st->role;
+		__builtin_memcpy(e->comm, st->comm, sizeof(e->comm));
+	} else {
+		e->cookie = bpf_get_socket_cookie((void *)sk);
+		e->flags = ALOG_F_PREEXISTING;
+	}
+	if (type == ALOG_CONN_CLOSED || type == ALOG_CONN_CONNECT_FAILED) {
+		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+
+		e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+		e->total_retrans = BPF_CORE_READ(tp, total_retrans);
+		e->segs_out = BPF_CORE_READ(tp, segs_out);
+		e->segs_in = BPF_CORE_READ(tp, segs_in);
+		e->tcp_bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+		e->tcp_bytes_received = BPF_CORE_READ(tp, bytes_received);
+	}
+	bpf_ringbuf_submit(e, rb_flags());
+	count(ALOG_CNT_CONN_EVENTS);
+}
+
+/* Create the state of a socket seen for the first time. */
+static __always_inline struct conn_state *new_state(const struct sock *sk, __u8 role, __u32 flags)
+{
+	struct conn_state *st;
+
+	st = bpf_sk_storage_get(&conns, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		count(ALOG_CNT_STORAGE_FAIL);
+		return 0;
+	}
+	st->cookie = bpf_get_socket_cookie((void *)sk);
+	st->role = role;
+	st->flags = flags;
+	if (!port_allowed(sk))
+		st->flags |= ALOG_F_IGNORED;
+	return st;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
+{
+	struct conn_state *st;
+	__u64 now;
+
+	if (!is_tcp(sk))
+		return 0;
+	now = bpf_ktime_get_ns();
+
+	if (newstate == TCP_SYN_SENT) {
+		/* connect(): process context, so the owner is the current task. */
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+		st = new_state(sk, ALOG_ROLE_CLIENT, 0);
+		if (!st)
+			return 0;
+		st->connect_start_ns = now;
+		set_owner(st);
+		if (tgid == self_tgid)
+			st->flags |= ALOG_F_IGNORED;
+		else if (!pid_allowed(tgid) || !cgroup_allowed(st->cgroup_id))
+			st->flags |= ALOG_F_IGNORED;
+		return 0;
+	}
+
+	if (newstate == TCP_ESTABLISHED) {
+		if (oldstate == TCP_SYN_SENT) {
+			st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+			if (!st) {
+				/* connect() began before capture did. */
+				st = new_state(sk, ALOG_ROLE_CLIENT, ALOG_F_PREEXISTING);
+				if (!st)
+					return 0;
+			}
+			st->established_ns = now;
+			if (!(st->flags & ALOG_F_IGNORED))
+				emit_conn(sk, st, ALOG_CONN_CONNECTED, oldstate, newstate, now);
+		} else if (oldstate == TCP_SYN_RECV) {
+			/* Softirq context: the owner is not known until the socket is used. */
+			st = new_state(sk, ALOG_ROLE_SERVER, 0);
+			if (!st)
+				return 0;
+			st->established_ns = now;
+			if (!(st->flags & ALOG_F_IGNORED))
+				emit_conn(sk, st, ALOG_CONN_ACCEPTED, oldstate, newstate, now);
+		}
+		return 0;
+	}
+
+	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK || newstate == TCP_CLOSE_WAIT) {
+		st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+		if (!st)
+			return 0;
+		if (!st->close_start_ns)
+			st->close_start_ns = now;
+		if (newstate == TCP_CLOSE_WAIT) {
+			if (!(st->flags & ALOG_F_CLOSED_LOCAL))
+				st->flags |= ALOG_F_CLOSED_PEER;
+		} else {
+			/* close()/shutdown(): process context, the owner is current. */
+			if (!(st->flags & ALOG_F_CLOSED_PEER))
+				st->flags |= ALOG_F_CLOSED_LOCAL;
+			if (!(st->flags & ALOG_F_OWNER_KNOWN))
+				set_owner(st);
+		}
+		return 0;
+	}
+
+	if (newstate == TCP_CLOSE) {
+		if (oldstate == TCP_LISTEN || oldstate == TCP_SYN_RECV || oldstate == TCP_CLOSE ||
+		    oldstate == TCP_NEW_SYN_RECV)
+			return 0;
+		st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+		if (st && (st->flags & ALOG_F_IGNORED))
+			return 0;
+		if (st && !(st->flags & ALOG_F_OWNER_KNOWN) && oldstate == TCP_ESTABLISHED) {
+			/* An abortive close() from an established state runs in
+			 * process context too; a reset received does not, so only
+			 * a local reset counts here. */
+			if (st->flags & ALOG_F_RST_SENT)
+				set_owner(st);
+		}
+		if (oldstate == TCP_SYN_SENT)
+			emit_conn(sk, st, ALOG_CONN_CONNECT_FAILED, oldstate, newstate, now);
+		else
+			emit_conn(sk, st, ALOG_CONN_CLOSED, oldstate, newstate, now);
+	}
+	return 0;
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(on_send_reset, const struct sock *sk)
+{
+	struct conn_state *st;
+
+	if (!sk)
+		return 0;
+	st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+	if (st)
+		st->flags |= ALOG_F_RST_SENT;
+	return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(on_receive_reset, struct sock *sk)
+{
+	struct conn_state *st;
+
+	if (!sk)
+		return 0;
+	st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+	if (st)
+		st->flags |= ALOG_F_RST_RECV;
+	return 0;
+}
+
+/* x86-64 syscall numbers of the calls that move socket payload. */
+#define NR_READ 0
+#define NR_WRITE 1
+#define NR_READV 19
+#define NR_WRITEV 20
+#define NR_SENDFILE 40
+#define NR_SENDTO 44
+#define NR_RECVFROM 45
+#define NR_SENDMSG 46
+#define NR_RECVMSG 47
+#define NR_SPLICE 275
+#define NR_RECVMMSG 299
+#define NR_SENDMMSG 307
+#define NR_PREADV2 327
+#define NR_PWRITEV2 328
+
+/* Copy up to `want` bytes from a user iovec array into dst. */
+static __always_inline __u32 copy_iov(__u8 *dst, const struct iovec *iovp, __u64 iovcnt, __u32 want)
+{
+	__u32 off = 0;
+
+#pragma unroll
+	for (int i = 0; i < ALOG_MAX_IOV; i++) {
+		struct iovec iov;
+		long n;
+
+		if (i >= iovcnt || off >= want)
+			break;
+		if (bpf_probe_read_user(&iov, sizeof(iov), iovp + i)) {
+			count(ALOG_CNT_READ_FAULT);
+			break;
+		}
+		n = want - off;
+		if (n > (long)iov.iov_len)
+			n = iov.iov_len;
+		off &= ALOG_MAX_CAPTURE - 1;
+		barrier_var(n);
+		if (n <= 0 || n > ALOG_MAX_CAPTURE)
+			continue;
+		if (bpf_probe_read_user(dst + off, n, iov.iov_base)) {
+			count(ALOG_CNT_READ_FAULT);
+			break;
+		}
+		off += n;
+	}
+	return off;
+}
+
+static __always_inline __u32 copy_msghdr(__u8 *dst, const struct user_msghdr *msgp, __u32 want)
+{
+	struct user_msghdr msg;
+
+	if (bpf_probe_read_user(&msg, sizeof(msg), msgp)) {
+		count(ALOG_CNT_READ_FAULT);
+		return 0;
+	}
+	return copy_iov(dst, msg.msg_iov, msg.msg_iovlen, want);
+}
+
+/*
+ * Identify the syscall that is moving these bytes and copy a prefix of its
+ * payload. Returns the number of bytes copied.
+ */
+static __always_inline __u32 copy_payload(__u8 *dst, __s64 ret, __u8 *sys, __s32 *fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs *regs;
+	unsigned long a0, a1, a2;
+	long nr, want;
+
+	*sys = ALOG_SYS_OTHER;
+	*fd = -1;
+	if (task->flags & PF_KTHREAD)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return 0;
+#if defined(__TARGET_ARCH_x86)
+	nr = BPF_CORE_READ(regs, orig_ax);
+	a0 = BPF_CORE_READ(regs, di);
+	a1 = BPF_CORE_READ(regs, si);
+	a2 = BPF_CORE_READ(regs, dx);
+#else
+	/* Other architectures: lengths and counters only, no payload yet. */
+	return 0;
+#endif
+	want = ret < capture_bytes ? ret : capture_bytes;
+	barrier_var(want);
+	if (want <= 0 || want > ALOG_MAX_CAPTURE)
+		want = 0;
+	*fd = (__s32)a0;
+
+	switch (nr) {
+	case NR_READ:
+	case NR_WRITE:
+	case NR_SENDTO:
+	case NR_RECVFROM:
+		*sys = nr == NR_READ ? ALOG_SYS_READ :
+		       nr == NR_WRITE ? ALOG_SYS_WRITE :
+		       nr == NR_SENDTO ? ALOG_SYS_SENDTO : ALOG_SYS_RECVFROM;
+		if (want > 0 && want <= ALOG_MAX_CAPTURE) {
+			if (bpf_probe_read_user(dst, want, (void *)a1)) {
+				count(ALOG_CNT_READ_FAULT);
+				return 0;
+			}
+			return want;
+		}
+		return 0;
+	case NR_READV:
+	case NR_WRITEV:
+	case NR_PREADV2:
+	case NR_PWRITEV2:
+		*sys = nr == NR_READV ? ALOG_SYS_READV :
+		       nr == NR_WRITEV ? ALOG_SYS_WRITEV :
+		       nr == NR_PREADV2 ? ALOG_SYS_PREADV2 : ALOG_SYS_PWRITEV2;
+		return copy_iov(dst, (const struct iovec *)a1, a2, want);
+	case NR_SENDMSG:
+	case NR_RECVMSG:
+		*sys = nr == NR_SENDMSG ? ALOG_SYS_SENDMSG : ALOG_SYS_RECVMSG;
+		return copy_msghdr(dst, (const struct user_msghdr *)a1, want);
+	case NR_SENDMMSG:
+	case NR_RECVMMSG:
+		*sys = nr == NR_SENDMMSG ? ALOG_SYS_SENDMMSG : ALOG_SYS_RECVMMSG;
+		/* Which of several messages this call is cannot be told here. */
+		if (a2 != 1) {
+			count(ALOG_CNT_PAYLOAD_SKIPPED);
+			return 0;
+		}
+		return copy_msghdr(dst, (const struct user_msghdr *)a1, want);
+	case NR_SENDFILE:
+		*sys = ALOG_SYS_SENDFILE;
+		*fd = (__s32)a0; /* out_fd */
+		count(ALOG_CNT_PAYLOAD_SKIPPED);
+		return 0;
+	case NR_SPLICE:
+		*sys = ALOG_SYS_SPLICE;
+		*fd = -1;
+		count(ALOG_CNT_PAYLOAD_SKIPPED);
+		return 0;
+	default:
+		*fd = -1;
+		count(ALOG_CNT_PAYLOAD_SKIPPED);
+		return 0;
+	}
+}
+
+static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir)
+{
+	struct alog_data_event *e;
+	struct conn_state *st;
+	struct scratch *s;
+	__u32 zero = 0, tgid, cap;
+	__u64 pid_tgid, cg, now;
+	__u8 sys;
+	__s32 fd;
+
+	if (ret <= 0)
+		return 0;
+	if (dir == ALOG_DIR_INGRESS && (flags & MSG_PEEK))
+		return 0;
+	if (!is_tcp(sk))
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tgid = pid_tgid >> 32;
+	if (tgid == self_tgid) {
+		count(ALOG_CNT_SELF);
+		return 0;
+	}
+	cg = bpf_get_current_cgroup_id();
+	if (!pid_allowed(tgid) || !cgroup_allowed(cg)) {
+		count(ALOG_CNT_FILTERED);
+		return 0;
+	}
+	now = bpf_ktime_get_ns();
+
+	st = bpf_sk_storage_get(&conns, sk, 0, 0);
+	if (!st) {
+		st = new_state(sk, ALOG_ROLE_UNKNOWN, ALOG_F_PREEXISTING);
+		if (!st)
+			return 0;
+		if (!(st->flags & ALOG_F_IGNORED)) {
+			set_owner(st);
+			emit_conn(sk, st, ALOG_CONN_DISCOVERED, 0, 0, now);
+		}
+	}
+	if (st->flags & ALOG_F_IGNORED) {
+		count(ALOG_CNT_FILTERED);
+		return 0;
+	}
+	if (!(st->flags & ALOG_F_OWNER_KNOWN))
+		set_owner(st);
+	if (dir == ALOG_DIR_EGRESS) {
+		st->bytes_sent += ret;
+		st->send_calls += 1;
+	} else {
+		st->bytes_recv += ret;
+		st->recv_calls += 1;
+	}
+
+	s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s)
+		return 0;
+	e = (struct alog_data_event *)s->buf;
+	cap = copy_payload(s->buf + sizeof(*e), ret, &sys, &fd);
+	e->hdr.kind = ALOG_EV_DATA;
+	e->cookie = st->cookie;
+	e->ts_ns = now;
+	e->seq = st->seq++;
+	e->ret = ret;
+	e->cgroup_id = cg;
+	e->tgid = tgid;
+	e->tid = (__u32)pid_tgid;
+	e->fd = fd;
+	e->dir = dir;
+	e->syscall = sys;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	if (cap > ALOG_MAX_CAPTURE)
+		cap = ALOG_MAX_CAPTURE;
+	e->cap_len = cap;
+	if (bpf_ringbuf_output(&events, e, sizeof(*e) + cap, rb_flags())) {
+		count(ALOG_CNT_DROP_DATA);
+		st->flags |= ALOG_F_DATA_LOST;
+		return 0;
+	}
+	count(ALOG_CNT_DATA_EVENTS);
+	return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
+{
+	return on_data(sk, ret, flags, ALOG_DIR_EGRESS);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
+{
+	return on_data(sk, ret, flags, ALOG_DIR_INGRESS);
+}
