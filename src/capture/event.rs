@@ -1,0 +1,323 @@
+//! Decoding of ring-buffer records into typed events (the layouts come from the skeleton).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::skel::types;
+use crate::protocol::{Direction, Role};
+
+/// A socket call that moved bytes.
+#[derive(Debug, Clone)]
+pub struct DataEvent<'a> {
+    pub cookie: u64,
+    pub ts_ns: u64,
+    pub seq: u64,
+    pub len: u64,
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub dir: Direction,
+    pub syscall: Syscall,
+    pub comm: [u8; 16],
+    pub payload: &'a [u8],
+}
+
+/// What happened to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    Connected,
+    ConnectFailed,
+    Accepted,
+    Discovered,
+    Closed,
+}
+
+/// A connection lifecycle event, with the figures the kernel had at that point.
+#[derive(Debug, Clone)]
+pub struct ConnEvent {
+    pub kind: ConnKind,
+    pub cookie: u64,
+    pub ts_ns: u64,
+    pub connect_start_ns: u64,
+    pub established_ns: u64,
+    pub close_start_ns: u64,
+    pub cgroup_id: u64,
+    pub netns: u64,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub send_calls: u64,
+    pub recv_calls: u64,
+    pub data_events: u64,
+    pub tcp_bytes_acked: u64,
+    pub tcp_bytes_received: u64,
+    pub srtt_us: u32,
+    pub total_retrans: u32,
+    pub segs_out: u32,
+    pub segs_in: u32,
+    pub tgid: u32,
+    pub flags: u32,
+    pub role: Role,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub comm: [u8; 16],
+}
+
+impl ConnEvent {
+    pub fn has(&self, flag: types::alog_conn_flags) -> bool {
+        self.flags & flag.0 != 0
+    }
+}
+
+/// A decoded ring-buffer record.
+#[derive(Debug, Clone)]
+pub enum Event<'a> {
+    Data(DataEvent<'a>),
+    Conn(ConnEvent),
+}
+
+/// The syscall that carried a data event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Syscall {
+    Other,
+    Read,
+    Write,
+    Readv,
+    Writev,
+    Recvfrom,
+    Sendto,
+    Recvmsg,
+    Sendmsg,
+    Recvmmsg,
+    Sendmmsg,
+    Sendfile,
+    Splice,
+    Preadv2,
+    Pwritev2,
+}
+
+impl Syscall {
+    fn from_raw(v: u8) -> Self {
+        use types::alog_syscall as S;
+        match types::alog_syscall(u32::from(v)) {
+            S::ALOG_SYS_READ => Self::Read,
+            S::ALOG_SYS_WRITE => Self::Write,
+            S::ALOG_SYS_READV => Self::Readv,
+            S::ALOG_SYS_WRITEV => Self::Writev,
+            S::ALOG_SYS_RECVFROM => Self::Recvfrom,
+            S::ALOG_SYS_SENDTO => Self::Sendto,
+            S::ALOG_SYS_RECVMSG => Self::Recvmsg,
+            S::ALOG_SYS_SENDMSG => Self::Sendmsg,
+            S::ALOG_SYS_RECVMMSG => Self::Recvmmsg,
+            S::ALOG_SYS_SENDMMSG => Self::Sendmmsg,
+            S::ALOG_SYS_SENDFILE => Self::Sendfile,
+            S::ALOG_SYS_SPLICE => Self::Splice,
+            S::ALOG_SYS_PREADV2 => Self::Preadv2,
+            S::ALOG_SYS_PWRITEV2 => Self::Pwritev2,
+            _ => Self::Other,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Other => "other",
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Readv => "readv",
+            Self::Writev => "writev",
+            Self::Recvfrom => "recvfrom",
+            Self::Sendto => "sendto",
+            Self::Recvmsg => "recvmsg",
+            Self::Sendmsg => "sendmsg",
+            Self::Recvmmsg => "recvmmsg",
+            Self::Sendmmsg => "sendmmsg",
+            Self::Sendfile => "sendfile",
+            Self::Splice => "splice",
+            Self::Preadv2 => "preadv2",
+            Self::Pwritev2 => "pwritev2",
+        }
+    }
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    Short,
+    UnknownKind(u8),
+}
+
+fn read_struct<T: Copy>(data: &[u8]) -> Result<T, DecodeError> {
+    if data.len() < std::mem::size_of::<T>() {
+        return Err(DecodeError::Short);
+    }
+    // SAFETY: the length was checked; T is a plain-old-data struct generated from the
+    // shared C header (integers and byte arrays only), valid for any bit pattern, and
+    // read_unaligned copes with the ring buffer's 8-byte alignment.
+    Ok(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+}
+
+fn comm_bytes(c: [i8; 16]) -> [u8; 16] {
+    c.map(|b| b as u8)
+}
+
+/// The process name in a kernel `comm` field.
+pub fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+const AF_INET: u16 = 2;
+
+fn addr(family: u16, raw: [u8; 16], port: u16) -> SocketAddr {
+    let ip = if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        let v6 = Ipv6Addr::from(raw);
+        // A v4-mapped peer of an IPv6 socket is an IPv4 peer.
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// Decode one ring-buffer record.
+pub fn decode(data: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let hdr: types::alog_hdr = read_struct(data)?;
+    match types::alog_event_kind(u32::from(hdr.kind)) {
+        types::alog_event_kind::ALOG_EV_DATA => {
+            let e: types::alog_data_event = read_struct(data)?;
+            let start = std::mem::size_of::<types::alog_data_event>();
+            let end = start.saturating_add(e.cap_len as usize).min(data.len());
+            let dir = if e.dir == types::alog_dir::ALOG_DIR_EGRESS.0 as u8 {
+                Direction::Egress
+            } else {
+                Direction::Ingress
+            };
+            Ok(Event::Data(DataEvent {
+                cookie: e.cookie,
+                ts_ns: e.ts_ns,
+                seq: e.seq,
+                len: e.ret.max(0) as u64,
+                cgroup_id: e.cgroup_id,
+                tgid: e.tgid,
+                tid: e.tid,
+                fd: e.fd,
+                dir,
+                syscall: Syscall::from_raw(e.syscall),
+                comm: comm_bytes(e.comm),
+                payload: &data[start.min(end)..end],
+            }))
+        }
+        types::alog_event_kind::ALOG_EV_CONN => {
+            let e: types::alog_conn_event = read_struct(data)?;
+            use types::alog_conn_type as T;
+            let kind = match types::alog_conn_type(u32::from(e.r#type)) {
+                T::ALOG_CONN_CONNECTED => ConnKind::Connected,
+                T::ALOG_CONN_CONNECT_FAILED => ConnKind::ConnectFailed,
+                T::ALOG_CONN_ACCEPTED => ConnKind::Accepted,
+                T::ALOG_CONN_DISCOVERED => ConnKind::Discovered,
+                _ => ConnKind::Closed,
+            };
+            let role = match types::alog_role(u32::from(e.role)) {
+                types::alog_role::ALOG_ROLE_CLIENT => Role::Client,
+                types::alog_role::ALOG_ROLE_SERVER => Role::Server,
+                _ => Role::Unknown,
+            };
+            Ok(Event::Conn(ConnEvent {
+                kind,
+                cookie: e.cookie,
+                ts_ns: e.ts_ns,
+                connect_start_ns: e.connect_start_ns,
+                established_ns: e.established_ns,
+                close_start_ns: e.close_start_ns,
+                cgroup_id: e.cgroup_id,
+                netns: e.netns,
+                bytes_sent: e.bytes_sent,
+                bytes_recv: e.bytes_recv,
+                send_calls: e.send_calls,
+                recv_calls: e.recv_calls,
+                data_events: e.data_events,
+                tcp_bytes_acked: e.tcp_bytes_acked,
+                tcp_bytes_received: e.tcp_bytes_received,
+                srtt_us: e.srtt_us,
+                total_retrans: e.total_retrans,
+                segs_out: e.segs_out,
+                segs_in: e.segs_in,
+                tgid: e.tgid,
+                flags: e.flags,
+                role,
+                old_state: e.old_state,
+                new_state: e.new_state,
+                local: addr(e.family, e.saddr, e.sport),
+                remote: addr(e.family, e.daddr, e.dport),
+                comm: comm_bytes(e.comm),
+            }))
+        }
+        _ => Err(DecodeError::UnknownKind(hdr.kind)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a plain-old-data struct from the skeleton.
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+                .to_vec()
+        }
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        assert_eq!(decode(&[]).unwrap_err(), DecodeError::Short);
+        assert_eq!(decode(&[1, 0, 0]).unwrap_err(), DecodeError::Short);
+        assert_eq!(decode(&[9; 8]).unwrap_err(), DecodeError::UnknownKind(9));
+    }
+
+    #[test]
+    fn data_event_payload_is_bounded_by_record_length() {
+        let mut e = types::alog_data_event::default();
+        e.hdr.kind = 1;
+        e.ret = 100;
+        e.cap_len = 50; // claims more than the record holds
+        e.dir = 2;
+        e.syscall = 1;
+        let mut b = bytes_of(&e);
+        b.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        match decode(&b).unwrap() {
+            Event::Data(d) => {
+                assert_eq!(d.payload, b"GET / HTTP/1.1\r\n");
+                assert_eq!(d.len, 100);
+                assert_eq!(d.dir, Direction::Ingress);
+                assert_eq!(d.syscall, Syscall::Read);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn conn_event_addresses() {
+        let mut e = types::alog_conn_event::default();
+        e.hdr.kind = 2;
+        e.r#type = 1;
+        e.family = 10;
+        e.sport = 40000;
+        e.dport = 80;
+        e.saddr = Ipv6Addr::LOCALHOST.octets();
+        e.daddr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
+        match decode(&bytes_of(&e)).unwrap() {
+            Event::Conn(c) => {
+                assert_eq!(c.kind, ConnKind::Connected);
+                assert_eq!(c.local, "[::1]:40000".parse().unwrap());
+                assert_eq!(c.remote, "127.0.0.1:80".parse().unwrap());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Command-line interface (clap derive only; the work is in `cmd/`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Who talks to whom on this Kubernetes node, and how fast: every TCP connection and
+/// HTTP exchange, captured with eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "k8s-alog", version, propagate_version = true)]
+pub struct Cli {
+    /// Log level for messages on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, env = "K8S_ALOG_LOG", default_value = "info")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write one JSON object per access-log record (HTTP exchange, connection, statistics).
+    #[command(after_help = RECORD_EXAMPLES)]
+    Record(RecordArgs),
+    /// Live dashboard of services, pods, latency and errors (not yet available).
+    Top,
+    /// Stream access logs to Apache SkyWalking OAP (not yet available).
+    Push,
+}
+
+const RECORD_EXAMPLES: &str = "\
+Examples:
+  sudo k8s-alog record --out access.jsonl          # until Ctrl-C
+  sudo k8s-alog record --out - --port 8080 | jq .  # one port, to stdout
+  sudo k8s-alog record --out f.jsonl --duration 60 --pid 4242
+
+Exit codes: 0 done; 1 error; 2 bad usage; 3 not permitted (run as root, or grant
+CAP_BPF and CAP_PERFMON); 4 kernel without BTF; 5 kernel refused a BPF program.";
+
+/// What to capture, shared by every capturing subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct CaptureArgs {
+    /// Payload bytes copied per socket call for protocol parsing (max 8192).
+    #[arg(long, env = "K8S_ALOG_CAPTURE_BYTES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(0..=8192))]
+    pub capture_bytes: u32,
+
+    /// Ring-buffer size in MiB (a power of two).
+    #[arg(long, env = "K8S_ALOG_RING_MB", default_value_t = 16)]
+    pub ring_mb: u32,
+
+    /// Only these processes (repeatable).
+    #[arg(long = "pid", env = "K8S_ALOG_PIDS", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+
+    /// Only these cgroup v2 ids (repeatable; the inode number of the cgroup directory).
+    #[arg(long = "cgroup", env = "K8S_ALOG_CGROUPS", value_delimiter = ',')]
+    pub cgroups: Vec<u64>,
+
+    /// Only connections with this port at either end (repeatable).
+    #[arg(long = "port", env = "K8S_ALOG_PORTS", value_delimiter = ',')]
+    pub ports: Vec<u16>,
+
+    /// Keep query strings in paths (dropped by default: they often carry secrets).
+    #[arg(long, env = "K8S_ALOG_KEEP_QUERY")]
+    pub keep_query: bool,
+
+    /// Most connections tracked at once; beyond it the least active are written out and counted.
+    #[arg(long, env = "K8S_ALOG_MAX_CONNECTIONS", default_value_t = 262_144)]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RecordArgs {
+    /// Output file (JSON Lines, created with mode 0600); `-` for stdout.
+    #[arg(long, short, env = "K8S_ALOG_OUT")]
+    pub out: PathBuf,
+
+    /// Stop after this many seconds (default: until SIGINT or SIGTERM).
+    #[arg(long, env = "K8S_ALOG_DURATION")]
+    pub duration: Option<f64>,
+
+    /// Seconds between capture-statistics records (0: only at exit).
+    #[arg(long, env = "K8S_ALOG_STATS_INTERVAL", default_value_t = 10.0)]
+    pub stats_interval: f64,
+
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+}

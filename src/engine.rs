@@ -1,0 +1,760 @@
+//! Per-connection state in user space: turns kernel events into access-log records.
+//!
+//! Pure: no I/O except through the injected process resolver. Records are pushed to
+//! `Engine::out`, which the caller drains after each event.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::capture::skel::types::alog_conn_flags as F;
+use crate::capture::{comm_str, ConnEvent, ConnKind, DataEvent, KernelCounters};
+use crate::model::{
+    Clock, ConnectionRecord, Endpoint, Handshake, HttpRecord, LossCounters, MessageSize,
+    ObservedBy, Record, RoleSource, StatsRecord, TcpFigures, Trace, UserCounters, SCHEMA_VERSION,
+};
+use crate::protocol::http1::{self, Http1Conn, Http1Exchange, Http1Stats};
+use crate::protocol::{Chunk, Direction, Role};
+use crate::resolve::procs::ProcResolver;
+
+/// How many payload-carrying chunks of a connection joined mid-stream are tried for
+/// protocol detection before it is settled as unknown.
+const DETECT_TRIES_PREEXISTING: u32 = 16;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Keep query strings in records (private by default).
+    pub keep_query: bool,
+    /// Largest HTTP head buffered per direction.
+    pub max_header_bytes: usize,
+    /// Most connections tracked at once; beyond it the least recently active are
+    /// written out as "evicted" and counted.
+    pub max_connections: usize,
+    /// Ephemeral port range, to guess roles when nothing else tells.
+    pub ephemeral_ports: (u16, u16),
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            keep_query: false,
+            max_header_bytes: 16 * 1024,
+            max_connections: 262_144,
+            ephemeral_ports: (32768, 60999),
+        }
+    }
+}
+
+/// The process that uses a socket.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Owner {
+    pid: u32,
+    comm: String,
+    cgroup_id: u64,
+    container_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Undecided,
+    Http1,
+    Unknown,
+}
+
+/// What a socket's linked local peer looked like, kept after the peer closed.
+#[derive(Debug, Clone, Default)]
+struct PeerView {
+    owner: Option<Owner>,
+    role: Option<Role>,
+    http: bool,
+    data_seen: bool,
+    connect_start_ns: u64,
+    established_ns: u64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    cookie: u64,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    role: Role,
+    role_source: RoleSource,
+    preexisting: bool,
+    connect_start_ns: u64,
+    established_ns: u64,
+    open_ns: u64,
+    last_ns: u64,
+    owner: Option<Owner>,
+    proto: Proto,
+    detect_tries: u32,
+    http: Option<Http1Conn>,
+    next_seq: u64,
+    exchanges: u64,
+    peer: Option<u64>,
+    data_seen: bool,
+    data_lost: bool,
+    bytes_sent: u64,
+    bytes_recv: u64,
+    send_calls: u64,
+    recv_calls: u64,
+}
+
+impl Conn {
+    fn new(cookie: u64, ts: u64) -> Self {
+        Self {
+            cookie,
+            local: None,
+            remote: None,
+            role: Role::Unknown,
+            role_source: RoleSource::Payload,
+            preexisting: true,
+            connect_start_ns: 0,
+            established_ns: 0,
+            open_ns: ts,
+            last_ns: ts,
+            owner: None,
+            proto: Proto::Undecided,
+            detect_tries: 0,
+            http: None,
+            next_seq: 0,
+            exchanges: 0,
+            peer: None,
+            data_seen: false,
+            data_lost: false,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            send_calls: 0,
+            recv_calls: 0,
+        }
+    }
+
+    fn view(&self) -> PeerView {
+        PeerView {
+            owner: self.owner.clone(),
+            role: Some(self.role),
+            http: self.proto == Proto::Http1,
+            data_seen: self.data_seen,
+            connect_start_ns: self.connect_start_ns,
+            established_ns: self.established_ns,
+        }
+    }
+}
+
+/// Turns kernel events into records.
+pub struct Engine {
+    opts: EngineOptions,
+    clock: Clock,
+    procs: Option<ProcResolver>,
+    conns: HashMap<u64, Conn>,
+    by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// Views of linked peers that closed first, by their cookie.
+    closed_peers: HashMap<u64, PeerView>,
+    user: UserCounters,
+    lost: LossCounters,
+    http_closed: Http1Stats,
+    started_mono_ns: u64,
+    /// Records produced and not yet taken by the caller.
+    pub out: Vec<Record>,
+    scratch: Vec<http1::Http1Exchange>,
+}
+
+impl Engine {
+    pub fn new(opts: EngineOptions, clock: Clock, procs: Option<ProcResolver>, now: u64) -> Self {
+        Self {
+            opts,
+            clock,
+            procs,
+            conns: HashMap::new(),
+            by_tuple: HashMap::new(),
+            closed_peers: HashMap::new(),
+            user: UserCounters::default(),
+            lost: LossCounters::default(),
+            http_closed: Http1Stats::default(),
+            started_mono_ns: now,
+            out: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn user_counters(&self) -> UserCounters {
+        let mut u = self.user;
+        u.connections_open = self.conns.len() as u64;
+        let mut s = self.http_closed.clone();
+        for c in self.conns.values() {
+            if let Some(h) = &c.http {
+                add_stats(&mut s, h.stats());
+            }
+        }
+        u.http_parse_errors = s.parse_errors;
+        u.http_resyncs = s.resyncs;
+        u.http_headers_truncated = s.headers_truncated;
+        u.http_unmatched_responses = s.unmatched_responses;
+        u.http_abandoned_requests = s.abandoned_requests;
+        u
+    }
+
+    pub fn loss_counters(&self) -> LossCounters {
+        self.lost
+    }
+
+    pub fn connections_open(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A record from the kernel that could not be decoded.
+    pub fn bad_record(&mut self) {
+        self.lost.bad_records += 1;
+    }
+
+    /// Build a statistics record from the kernel's counters and ours.
+    pub fn stats(&mut self, now: u64, k: &KernelCounters) -> StatsRecord {
+        self.lost.ringbuf_data_events = k.drop_data_ringbuf;
+        self.lost.ringbuf_conn_events = k.drop_conn_ringbuf;
+        self.lost.kernel_storage = k.storage_fail;
+        StatsRecord {
+            v: SCHEMA_VERSION,
+            time: self.clock.rfc3339(now),
+            mono_ns: now,
+            uptime_s: now.saturating_sub(self.started_mono_ns) as f64 / 1e9,
+            kernel: *k,
+            user: self.user_counters(),
+            lost: self.lost,
+        }
+    }
+
+    pub fn on_conn(&mut self, ev: &ConnEvent) {
+        self.user.events += 1;
+        match ev.kind {
+            ConnKind::Connected | ConnKind::Accepted | ConnKind::Discovered => {
+                let c = self
+                    .conns
+                    .entry(ev.cookie)
+                    .or_insert_with(|| Conn::new(ev.cookie, ev.ts_ns));
+                c.local = Some(ev.local);
+                c.remote = Some(ev.remote);
+                c.preexisting = ev.kind == ConnKind::Discovered || ev.has_preexisting();
+                c.connect_start_ns = ev.connect_start_ns;
+                c.established_ns = ev.established_ns;
+                c.open_ns = if ev.established_ns > 0 {
+                    ev.established_ns
+                } else {
+                    ev.ts_ns
+                };
+                if ev.role != Role::Unknown {
+                    c.role = ev.role;
+                    c.role_source = RoleSource::Handshake;
+                }
+                if ev.has_owner() && c.owner.is_none() {
+                    c.owner = Some(Owner {
+                        pid: ev.tgid,
+                        comm: comm_str(&ev.comm),
+                        cgroup_id: ev.cgroup_id,
+                        container_id: None,
+                    });
+                    resolve_container(&mut self.procs, c.owner.as_mut());
+                }
+                self.link(ev.cookie, ev.local, ev.remote);
+                self.maybe_evict(ev.ts_ns);
+            }
+            ConnKind::ConnectFailed | ConnKind::Closed => {
+                let mut c = match self.conns.remove(&ev.cookie) {
+                    Some(c) => c,
+                    None => {
+                        let mut c = Conn::new(ev.cookie, ev.ts_ns);
+                        c.local = Some(ev.local);
+                        c.remote = Some(ev.remote);
+                        c.preexisting = ev.has_preexisting();
+                        c.connect_start_ns = ev.connect_start_ns;
+                        if ev.role != Role::Unknown {
+                            c.role = ev.role;
+                            c.role_source = RoleSource::Handshake;
+                        }
+                        c
+                    }
+                };
+                if c.owner.is_none() && ev.has_owner() {
+                    c.owner = Some(Owner {
+                        pid: ev.tgid,
+                        comm: comm_str(&ev.comm),
+                        cgroup_id: ev.cgroup_id,
+                        container_id: None,
+                    });
+                    resolve_container(&mut self.procs, c.owner.as_mut());
+                }
+                if ev.has_data_lost() {
+                    c.data_lost = true;
+                }
+                self.finish(c, Some(ev), ev.ts_ns, "");
+            }
+        }
+    }
+
+    pub fn on_data(&mut self, ev: &DataEvent<'_>) {
+        self.user.events += 1;
+        let mut c = match self.conns.remove(&ev.cookie) {
+            Some(c) => c,
+            None => {
+                // Its opening event was lost: track it from here, as joined mid-stream.
+                let mut c = Conn::new(ev.cookie, ev.ts_ns);
+                c.next_seq = ev.seq;
+                c
+            }
+        };
+        if ev.seq != c.next_seq {
+            if ev.seq > c.next_seq {
+                self.lost.sequence_gaps += ev.seq - c.next_seq;
+            }
+            c.data_lost = true;
+            if let Some(h) = c.http.as_mut() {
+                h.gap(Direction::Egress);
+                h.gap(Direction::Ingress);
+            }
+        }
+        c.next_seq = ev.seq + 1;
+        c.last_ns = ev.ts_ns;
+        c.data_seen = true;
+        match ev.dir {
+            Direction::Egress => {
+                c.bytes_sent += ev.len;
+                c.send_calls += 1;
+            }
+            Direction::Ingress => {
+                c.bytes_recv += ev.len;
+                c.recv_calls += 1;
+            }
+        }
+        let owner_changed = c.owner.as_ref().is_none_or(|o| o.pid != ev.tgid);
+        if owner_changed {
+            c.owner = Some(Owner {
+                pid: ev.tgid,
+                comm: comm_str(&ev.comm),
+                cgroup_id: ev.cgroup_id,
+                container_id: None,
+            });
+            resolve_container(&mut self.procs, c.owner.as_mut());
+        }
+
+        if c.proto == Proto::Undecided && !ev.payload.is_empty() {
+            c.detect_tries += 1;
+            if http1::detect(ev.payload).is_some() {
+                c.proto = Proto::Http1;
+                c.http = Some(Http1Conn::new(c.role, self.opts.max_header_bytes));
+            } else if !c.preexisting || c.detect_tries >= DETECT_TRIES_PREEXISTING {
+                c.proto = Proto::Unknown;
+            }
+        }
+        if let Some(h) = c.http.as_mut() {
+            let chunk = Chunk {
+                dir: ev.dir,
+                start_ns: ev.ts_ns,
+                end_ns: ev.ts_ns,
+                len: ev.len,
+                data: ev.payload,
+            };
+            let mut done = std::mem::take(&mut self.scratch);
+            h.feed(&chunk, &mut done);
+            if c.role == Role::Unknown && h.role() != Role::Unknown {
+                c.role = h.role();
+                c.role_source = RoleSource::Payload;
+            }
+            for x in done.drain(..) {
+                self.emit_http(&mut c, x);
+            }
+            self.scratch = done;
+        }
+        self.conns.insert(c.cookie, c);
+    }
+
+    /// Capture is ending: write out every connection still open.
+    pub fn finish_all(&mut self, now: u64) {
+        let cookies: Vec<u64> = self.conns.keys().copied().collect();
+        for cookie in cookies {
+            if let Some(c) = self.conns.remove(&cookie) {
+                self.finish(c, None, now, "open_at_exit");
+            }
+        }
+    }
+
+    fn link(&mut self, cookie: u64, local: SocketAddr, remote: SocketAddr) {
+        self.by_tuple.insert((local, remote), cookie);
+        if let Some(&peer) = self.by_tuple.get(&(remote, local)) {
+            if peer != cookie && self.conns.contains_key(&peer) {
+                if let Some(c) = self.conns.get_mut(&cookie) {
+                    c.peer = Some(peer);
+                }
+                if let Some(p) = self.conns.get_mut(&peer) {
+                    p.peer = Some(cookie);
+                }
+            }
+        }
+    }
+
+    fn peer_view(&self, c: &Conn) -> Option<PeerView> {
+        let peer = c.peer?;
+        self.conns
+            .get(&peer)
+            .map(Conn::view)
+            .or_else(|| self.closed_peers.get(&peer).cloned())
+    }
+
+    fn effective_role(&self, c: &Conn) -> (Role, RoleSource) {
+        if c.role != Role::Unknown {
+            return (c.role, c.role_source);
+        }
+        // Nothing told: the end with an ephemeral port is the client.
+        let (lo, hi) = self.opts.ephemeral_ports;
+        let eph = |p: u16| p >= lo && p <= hi;
+        match (c.local, c.remote) {
+            (Some(l), Some(r)) if eph(l.port()) && !eph(r.port()) => {
+                (Role::Client, RoleSource::Port)
+            }
+            (Some(l), Some(r)) if !eph(l.port()) && eph(r.port()) => {
+                (Role::Server, RoleSource::Port)
+            }
+            (Some(l), Some(r)) if l.port() > r.port() => (Role::Client, RoleSource::Port),
+            _ => (Role::Server, RoleSource::Port),
+        }
+    }
+
+    /// Which side writes the record of this socket, or None when the peer's view is
+    /// written instead.
+    fn observed_by(&self, c: &Conn, role: Role, peer: Option<&PeerView>) -> Option<ObservedBy> {
+        match (role, peer) {
+            (Role::Server, Some(p)) if p.data_seen || p.owner.is_some() => Some(ObservedBy::Both),
+            (Role::Server, _) => Some(ObservedBy::Server),
+            (_, Some(p)) => {
+                let peer_is_server = match p.role {
+                    Some(Role::Server) => true,
+                    Some(Role::Unknown) | None => {
+                        // Both ends unsure: the ephemeral-port end is the client.
+                        self.effective_role(c).0 == Role::Client
+                    }
+                    Some(Role::Client) => false,
+                };
+                if peer_is_server {
+                    None
+                } else {
+                    Some(ObservedBy::Client)
+                }
+            }
+            _ => Some(ObservedBy::Client),
+        }
+    }
+
+    fn endpoint(addr: Option<SocketAddr>, owner: Option<&Owner>) -> Endpoint {
+        let mut e = Endpoint {
+            addr: addr.map(|a| a.ip()),
+            port: addr.map(|a| a.port()).unwrap_or(0),
+            ..Endpoint::default()
+        };
+        if let Some(o) = owner {
+            e.pid = Some(o.pid);
+            e.process = Some(o.comm.clone());
+            e.cgroup_id = Some(o.cgroup_id);
+            e.container_id = o.container_id.clone();
+        }
+        e
+    }
+
+    fn ends(&self, c: &Conn, role: Role, peer: Option<&PeerView>) -> (Endpoint, Endpoint) {
+        let local = Self::endpoint(c.local, c.owner.as_ref());
+        let remote = Self::endpoint(c.remote, peer.and_then(|p| p.owner.as_ref()));
+        if role == Role::Client {
+            (local, remote)
+        } else {
+            (remote, local)
+        }
+    }
+
+    fn emit_http(&mut self, c: &mut Conn, x: Http1Exchange) {
+        c.exchanges += 1;
+        let role = if c.role == Role::Unknown {
+            self.effective_role(c).0
+        } else {
+            c.role
+        };
+        let peer = self.peer_view(c);
+        // A linked peer that speaks HTTP writes the exchange if it is the server.
+        let peer_http = peer.as_ref().filter(|p| p.http);
+        let Some(observed_by) = self.observed_by(c, role, peer_http) else {
+            self.user.deduplicated += 1;
+            return;
+        };
+        let (client, server) = self.ends(c, role, peer.as_ref());
+        let (path, query) = split_target(&x.target);
+        let query = if self.opts.keep_query { query } else { None };
+        let end = if x.resp_end_ns > 0 {
+            x.resp_end_ns
+        } else {
+            x.req_end_ns
+        };
+        if x.partial {
+            self.user.partial_records += 1;
+        }
+        self.user.http_records += 1;
+        self.out.push(Record::Http(HttpRecord {
+            v: SCHEMA_VERSION,
+            time: self.clock.rfc3339(end),
+            conn_id: c.cookie,
+            observed_by,
+            client,
+            server,
+            protocol: format!("HTTP/{}", x.version),
+            tls: false,
+            method: x.method,
+            path,
+            query,
+            host: x.host,
+            user_agent: x.user_agent,
+            status: x.status,
+            content_type: x.content_type,
+            request: MessageSize {
+                header_bytes: x.req_header_bytes,
+                body_bytes: x.req_body_bytes,
+                chunked: x.chunked_request,
+            },
+            response: MessageSize {
+                header_bytes: x.resp_header_bytes,
+                body_bytes: x.resp_body_bytes,
+                chunked: x.chunked_response,
+            },
+            start_mono_ns: x.req_start_ns,
+            end_mono_ns: x.resp_end_ns,
+            start_time: self.clock.rfc3339(x.req_start_ns),
+            duration_ns: if x.resp_end_ns > 0 {
+                x.resp_end_ns.saturating_sub(x.req_start_ns)
+            } else {
+                0
+            },
+            interim: x.interim,
+            upgrade: x.upgrade,
+            trace: x.trace.map(|t| Trace {
+                provider: t.provider.to_string(),
+                trace_id: t.trace_id,
+                segment_id: t.segment_id,
+                span_id: t.span_id,
+                parent_service: t.parent_service,
+            }),
+            complete: x.complete,
+            partial: x.partial,
+            notes: x.notes.iter().map(|s| s.to_string()).collect(),
+        }));
+    }
+
+    /// Close out a connection: flush its parser, write its record (unless its peer's
+    /// view is written instead), forget it.
+    fn finish(&mut self, mut c: Conn, ev: Option<&ConnEvent>, now: u64, end_reason: &str) {
+        if let Some(mut h) = c.http.take() {
+            let mut done = std::mem::take(&mut self.scratch);
+            h.close(now, &mut done);
+            if c.role == Role::Unknown && h.role() != Role::Unknown {
+                c.role = h.role();
+                c.role_source = RoleSource::Payload;
+            }
+            for x in done.drain(..) {
+                self.emit_http(&mut c, x);
+            }
+            self.scratch = done;
+            add_stats(&mut self.http_closed, h.stats());
+            c.http = Some(h);
+        }
+        if let (Some(l), Some(r)) = (c.local, c.remote) {
+            if self.by_tuple.get(&(l, r)) == Some(&c.cookie) {
+                self.by_tuple.remove(&(l, r));
+            }
+        }
+        match c.proto {
+            Proto::Http1 => self.user.connections_by_protocol_http1 += 1,
+            _ => self.user.connections_by_protocol_unknown += 1,
+        }
+        let (role, role_source) = self.effective_role(&c);
+        let peer = self.peer_view(&c);
+        if let Some(p) = c.peer {
+            if self.conns.contains_key(&p) {
+                self.closed_peers.insert(c.cookie, c.view());
+            } else {
+                self.closed_peers.remove(&p);
+            }
+        }
+        let Some(observed_by) = self.observed_by(&c, role, peer.as_ref()) else {
+            self.user.deduplicated += 1;
+            return;
+        };
+        let (client, server) = self.ends(&c, role, peer.as_ref());
+        let (sent, recv, sc, rc) = match ev {
+            Some(e) => (e.bytes_sent, e.bytes_recv, e.send_calls, e.recv_calls),
+            None => (c.bytes_sent, c.bytes_recv, c.send_calls, c.recv_calls),
+        };
+        let (c2s, s2c, c2s_calls, s2c_calls) = if role == Role::Client {
+            (sent, recv, sc, rc)
+        } else {
+            (recv, sent, rc, sc)
+        };
+        let mut handshake = Handshake::default();
+        let (cs, est) = if role == Role::Client {
+            (c.connect_start_ns, c.established_ns)
+        } else {
+            match &peer {
+                Some(p) if p.connect_start_ns > 0 => (p.connect_start_ns, p.established_ns),
+                _ => (0, c.established_ns),
+            }
+        };
+        if cs > 0 {
+            handshake.start_mono_ns = Some(cs);
+        }
+        if est > 0 {
+            handshake.end_mono_ns = Some(est);
+            if cs > 0 && est >= cs {
+                handshake.duration_ns = Some(est - cs);
+            }
+        }
+        handshake.success = est > 0 || c.preexisting;
+        let (closed_by, reset_sent, reset_received, close_reason, tcp) = match ev {
+            Some(e) => {
+                let local_first = e.has(F::ALOG_F_CLOSED_LOCAL);
+                let peer_first = e.has(F::ALOG_F_CLOSED_PEER);
+                let rs = e.has(F::ALOG_F_RST_SENT);
+                let rr = e.has(F::ALOG_F_RST_RECV);
+                let closer = |local: bool| -> &'static str {
+                    match (role, local) {
+                        (Role::Client, true) | (Role::Server, false) => "client",
+                        _ => "server",
+                    }
+                };
+                let closed_by = if local_first {
+                    closer(true)
+                } else if peer_first {
+                    closer(false)
+                } else if rs {
+                    closer(true)
+                } else if rr {
+                    closer(false)
+                } else {
+                    "unknown"
+                };
+                let reason = if e.kind == ConnKind::ConnectFailed {
+                    "connect_failed"
+                } else if rs || rr {
+                    "reset"
+                } else {
+                    "fin"
+                };
+                (
+                    closed_by.to_string(),
+                    rs,
+                    rr,
+                    reason.to_string(),
+                    TcpFigures {
+                        srtt_us: e.srtt_us,
+                        retransmits: e.total_retrans,
+                        segs_in: e.segs_in,
+                        segs_out: e.segs_out,
+                    },
+                )
+            }
+            None => (
+                "unknown".to_string(),
+                false,
+                false,
+                end_reason.to_string(),
+                TcpFigures::default(),
+            ),
+        };
+        if ev.is_some_and(|e| e.kind == ConnKind::ConnectFailed) {
+            handshake.success = false;
+        }
+        self.user.connection_records += 1;
+        self.out.push(Record::Connection(ConnectionRecord {
+            v: SCHEMA_VERSION,
+            time: self.clock.rfc3339(now),
+            mono_ns: now,
+            conn_id: c.cookie,
+            observed_by,
+            role_source,
+            client,
+            server,
+            protocol: match c.proto {
+                Proto::Http1 => "http1".to_string(),
+                _ => "unknown".to_string(),
+            },
+            tls: false,
+            preexisting: c.preexisting,
+            handshake,
+            bytes_client_to_server: c2s,
+            bytes_server_to_client: s2c,
+            calls_client_to_server: c2s_calls,
+            calls_server_to_client: s2c_calls,
+            tcp,
+            closed_by,
+            reset_sent,
+            reset_received,
+            close_reason,
+            open_mono_ns: c.open_ns,
+            duration_ns: now.saturating_sub(c.open_ns),
+            exchanges: c.exchanges,
+            data_lost: c.data_lost,
+        }));
+    }
+
+    fn maybe_evict(&mut self, now: u64) {
+        if self.conns.len() <= self.opts.max_connections {
+            return;
+        }
+        // Evict the least recently active tenth in one go, so that a table held at its
+        // bound does not sort on every insert.
+        let mut ages: Vec<(u64, u64)> =
+            self.conns.values().map(|c| (c.last_ns, c.cookie)).collect();
+        ages.sort_unstable();
+        let n = (self.opts.max_connections / 10).max(1);
+        for (_, cookie) in ages.into_iter().take(n) {
+            if let Some(c) = self.conns.remove(&cookie) {
+                self.lost.evicted_connections += 1;
+                self.finish(c, None, now, "evicted");
+            }
+        }
+    }
+}
+
+fn resolve_container(procs: &mut Option<ProcResolver>, owner: Option<&mut Owner>) {
+    if let (Some(p), Some(o)) = (procs.as_mut(), owner) {
+        o.container_id = p.container_id(o.pid, o.cgroup_id);
+    }
+}
+
+fn add_stats(acc: &mut Http1Stats, s: &Http1Stats) {
+    acc.requests += s.requests;
+    acc.responses += s.responses;
+    acc.interim_responses += s.interim_responses;
+    acc.parse_errors += s.parse_errors;
+    acc.resyncs += s.resyncs;
+    acc.headers_truncated += s.headers_truncated;
+    acc.unmatched_responses += s.unmatched_responses;
+    acc.abandoned_requests += s.abandoned_requests;
+    acc.bytes_skipped += s.bytes_skipped;
+}
+
+/// Split a request target into path and query.
+pub fn split_target(target: &str) -> (String, Option<String>) {
+    match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    }
+}
+
+trait ConnEventExt {
+    fn has_preexisting(&self) -> bool;
+    fn has_owner(&self) -> bool;
+    fn has_data_lost(&self) -> bool;
+}
+
+impl ConnEventExt for ConnEvent {
+    fn has_preexisting(&self) -> bool {
+        self.has(F::ALOG_F_PREEXISTING)
+    }
+    fn has_owner(&self) -> bool {
+        self.has(F::ALOG_F_OWNER_KNOWN)
+    }
+    fn has_data_lost(&self) -> bool {
+        self.has(F::ALOG_F_DATA_LOST)
+    }
+}

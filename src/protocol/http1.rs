@@ -1,0 +1,2728 @@
+//! HTTP/1.0 and HTTP/1.1 exchange reconstruction from the captured socket calls of one connection.
+//!
+//! Each direction is a small state machine over a byte stream whose bytes may be only partly
+//! captured (`Chunk::data` is a prefix of `Chunk::len` bytes). Heads are buffered (bounded) and
+//! parsed with `httparse`; bodies are never buffered, only framed and counted. Requests wait in a
+//! bounded FIFO until the response that answers them has been framed.
+
+use std::collections::VecDeque;
+
+use super::{Chunk, Direction, Role};
+
+/// Requests waiting for an answer; beyond this the oldest are given up.
+const MAX_PENDING: usize = 1024;
+/// Smallest head cap accepted, so that a request line prefix always fits for recognition.
+const MIN_HEADER_CAP: usize = 32;
+/// Longest chunk-size line (size plus extensions) before chunked framing is declared broken.
+const MAX_CHUNK_LINE: u32 = 4096;
+/// Bytes scanned for the end of an over-long head before giving up on finding it.
+const MIN_OVERFLOW_SCAN: u64 = 64 * 1024;
+/// A head buffer that grew past this is released after use, so idle connections stay small.
+const KEEP_BUF_CAPACITY: usize = 4096;
+
+/// Methods recognised at a message start; other tokens are treated as garbage so that resync
+/// does not lock onto body bytes.
+const METHODS: &[&[u8]] = &[
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"PATCH",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"MKCOL",
+    b"COPY",
+    b"MOVE",
+    b"LOCK",
+    b"UNLOCK",
+    b"REPORT",
+    b"SEARCH",
+    b"PURGE",
+    b"MERGE",
+    b"MKCALENDAR",
+    b"MKACTIVITY",
+    b"CHECKOUT",
+];
+
+const STATUS_PREFIX: &[u8] = b"HTTP/1.";
+
+/// Per-connection counters.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Http1Stats {
+    /// Request heads parsed (including truncated ones).
+    pub requests: u64,
+    /// Final (non-1xx, or 101) response heads parsed, matched or not.
+    pub responses: u64,
+    /// 1xx responses other than 101.
+    pub interim_responses: u64,
+    pub parse_errors: u64,
+    /// Times bytes had to be skipped to find a message start again.
+    pub resyncs: u64,
+    pub headers_truncated: u64,
+    /// Final responses that could not be paired with a request.
+    pub unmatched_responses: u64,
+    /// Requests that never got a response: emitted with `status: None`, or lost before their
+    /// head was complete.
+    pub abandoned_requests: u64,
+    /// Bytes not parsed: while out of sync, and everything after an upgrade or close.
+    pub bytes_skipped: u64,
+}
+
+/// One request and (when seen) the response that answered it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Http1Exchange {
+    pub method: String,
+    pub target: String,
+    pub version: String,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub status: Option<u16>,
+    pub content_type: Option<String>,
+    pub req_header_bytes: u64,
+    pub req_body_bytes: u64,
+    pub resp_header_bytes: u64,
+    pub resp_body_bytes: u64,
+    pub req_start_ns: u64,
+    pub req_end_ns: u64,
+    pub resp_start_ns: u64,
+    pub resp_end_ns: u64,
+    pub interim: Vec<u16>,
+    pub chunked_request: bool,
+    pub chunked_response: bool,
+    pub upgrade: Option<String>,
+    pub trace: Option<TraceContext>,
+    pub complete: bool,
+    pub partial: bool,
+    pub notes: Vec<&'static str>,
+}
+
+/// Distributed-tracing context carried by the request.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TraceContext {
+    pub provider: &'static str,
+    pub trace_id: String,
+    pub segment_id: Option<String>,
+    pub span_id: Option<String>,
+    pub parent_service: Option<String>,
+}
+
+/// Whether the first bytes of a stream look like HTTP/1: `Some(true)` for a request line
+/// (known method then a space), `Some(false)` for a status line, `None` otherwise.
+pub fn detect(first_bytes: &[u8]) -> Option<bool> {
+    if first_bytes.starts_with(STATUS_PREFIX) {
+        return Some(false);
+    }
+    let sp = first_bytes.iter().take(16).position(|&b| b == b' ')?;
+    is_known_method(&first_bytes[..sp]).then_some(true)
+}
+
+fn is_known_method(token: &[u8]) -> bool {
+    METHODS.contains(&token)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Request,
+    Response,
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Position inside a chunked body; kept byte-exact so any split of the stream works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size {
+        value: u64,
+        seen_digit: bool,
+        in_ext: bool,
+        line_len: u32,
+    },
+    Data(u64),
+    /// After chunk data: expecting CR or LF.
+    DataCr,
+    /// After chunk data and CR: expecting LF.
+    DataLf,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailer {
+        has_content: bool,
+        bytes: u64,
+    },
+}
+
+const SIZE_START: ChunkState = ChunkState::Size {
+    value: 0,
+    seen_digit: false,
+    in_ext: false,
+    line_len: 0,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Out of sync: ignore bytes until a chunk begins with a message start. `counted` records
+    /// whether this episode was already counted as a resync.
+    Skip {
+        counted: bool,
+    },
+    /// At a message boundary.
+    Start,
+    /// Buffering a head.
+    Head,
+    /// The head outgrew the cap: scan (without buffering) for its end, then frame by `then`
+    /// (`None`: framing unknown).
+    HeadOverflow {
+        nl: u8,
+        scanned: u64,
+        then: Option<Framing>,
+    },
+    Length(u64),
+    Chunked(ChunkState),
+    UntilClose,
+    /// Inside a message whose end cannot be known; it ends at the next safe point.
+    Lost,
+}
+
+/// The message currently being read in one direction.
+#[derive(Debug, Clone, Copy)]
+struct Msg {
+    kind: Option<Kind>,
+    /// The pending exchange this message belongs to (None: unmatched or interim).
+    entry: Option<u64>,
+    first_ns: u64,
+    last_ns: u64,
+    head_bytes: u64,
+    body_bytes: u64,
+}
+
+#[derive(Debug)]
+struct Half {
+    phase: Phase,
+    buf: Vec<u8>,
+    msg: Option<Msg>,
+}
+
+impl Half {
+    fn new() -> Self {
+        Half {
+            // Nothing is known about where the stream is until a chunk starts with a message.
+            phase: Phase::Skip { counted: false },
+            buf: Vec::new(),
+            msg: None,
+        }
+    }
+
+    fn is_mid_message(&self) -> bool {
+        !matches!(self.phase, Phase::Start | Phase::Skip { .. })
+    }
+
+    fn reset(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.msg = None;
+        self.clear_buf();
+    }
+
+    fn clear_buf(&mut self) {
+        if self.buf.capacity() > KEEP_BUF_CAPACITY {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+    }
+}
+
+/// How a message ended, for the exchange's flags.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Clean,
+    /// Some bytes or framing were lost: the counts are not exact.
+    Partial(&'static str),
+    /// The message stopped before its framing said it should.
+    Incomplete(&'static str),
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    ex: Http1Exchange,
+    req_done: bool,
+    /// The final response was framed to its end, or will never be paired.
+    resp_done: bool,
+    has_final: bool,
+    incomplete: bool,
+    /// Created while request/response pairing could be off after a gap.
+    tainted: bool,
+    is_head: bool,
+    is_connect: bool,
+    req_upgrade: Option<String>,
+}
+
+impl Entry {
+    fn awaiting(&self) -> bool {
+        !self.has_final && !self.resp_done
+    }
+
+    fn note(&mut self, note: &'static str) {
+        if !self.ex.notes.contains(&note) {
+            self.ex.notes.push(note);
+        }
+    }
+
+    fn mark(&mut self, end: End) {
+        match end {
+            End::Clean => {}
+            End::Partial(n) => {
+                self.ex.partial = true;
+                self.note(n);
+            }
+            End::Incomplete(n) => {
+                self.incomplete = true;
+                self.note(n);
+            }
+        }
+    }
+}
+
+/// The bytes of one call still to be consumed: a captured prefix, then `unknown` bytes.
+struct Input<'a> {
+    known: &'a [u8],
+    unknown: u64,
+}
+
+impl Input<'_> {
+    fn total(&self) -> u64 {
+        self.known.len() as u64 + self.unknown
+    }
+
+    fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+
+    fn advance(&mut self, n: u64) {
+        let k = n.min(self.known.len() as u64) as usize;
+        self.known = &self.known[k..];
+        self.unknown -= (n - k as u64).min(self.unknown);
+    }
+
+    fn consume_all(&mut self) -> u64 {
+        let n = self.total();
+        self.known = &[];
+        self.unknown = 0;
+        n
+    }
+}
+
+/// HTTP/1 state of one TCP connection.
+#[derive(Debug)]
+pub struct Http1Conn {
+    role: Role,
+    max_header_bytes: usize,
+    /// Index 0: Egress, 1: Ingress.
+    halves: [Half; 2],
+    pending: VecDeque<Entry>,
+    next_id: u64,
+    stats: Http1Stats,
+    is_http: bool,
+    upgraded: bool,
+    closed: bool,
+    /// Set by a gap (or a mid-stream join): requests may have been lost, so FIFO pairing is
+    /// only trusted again from a request seen while nothing is outstanding.
+    ambiguous: bool,
+    /// Requests dropped by the queue cap that were still waiting: their responses come first.
+    ghosts: u64,
+}
+
+fn hi(d: Direction) -> usize {
+    match d {
+        Direction::Egress => 0,
+        Direction::Ingress => 1,
+    }
+}
+
+fn other(d: Direction) -> Direction {
+    match d {
+        Direction::Egress => Direction::Ingress,
+        Direction::Ingress => Direction::Egress,
+    }
+}
+
+impl Http1Conn {
+    /// `role` may be Unknown (connection joined mid-stream); then the first request seen decides
+    /// it: a request written (Egress) means Client, a request read (Ingress) means Server.
+    pub fn new(role: Role, max_header_bytes: usize) -> Self {
+        Http1Conn {
+            role,
+            max_header_bytes: max_header_bytes.max(MIN_HEADER_CAP),
+            halves: [Half::new(), Half::new()],
+            pending: VecDeque::new(),
+            next_id: 0,
+            stats: Http1Stats::default(),
+            is_http: false,
+            upgraded: false,
+            closed: false,
+            ambiguous: role == Role::Unknown,
+            ghosts: 0,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// True once anything HTTP/1 was recognised on this connection.
+    pub fn is_http(&self) -> bool {
+        self.is_http
+    }
+
+    /// True when the connection stopped being HTTP/1 (101, or a 2xx answer to CONNECT).
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded
+    }
+
+    pub fn stats(&self) -> &Http1Stats {
+        &self.stats
+    }
+
+    /// Bytes currently held in the head buffers (at most `max_header_bytes` per direction).
+    pub fn buffered_bytes(&self) -> usize {
+        self.halves.iter().map(|h| h.buf.len()).sum()
+    }
+
+    /// Requests seen and not yet emitted.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Feed one call. Completed exchanges are pushed to `out`, in request order.
+    pub fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Http1Exchange>) {
+        // Exchanges finished by an earlier `gap` are released here.
+        self.emit_ready(out);
+        let data = chunk.data;
+        let len = chunk.len.max(data.len() as u64);
+        if self.closed || self.upgraded {
+            self.stats.bytes_skipped += len;
+            return;
+        }
+        let d = chunk.dir;
+        let ts = chunk.end_ns;
+        self.at_chunk_start(d, data);
+        let mut inp = Input {
+            known: data,
+            unknown: len - data.len() as u64,
+        };
+        // Every step consumes input or moves to a phase that will; the guard only protects
+        // against a logic slip turning into a hang.
+        let mut guard = data.len().saturating_mul(4).saturating_add(64);
+        while !inp.is_empty() {
+            if self.upgraded {
+                self.stats.bytes_skipped += inp.consume_all();
+                break;
+            }
+            if guard == 0 {
+                self.stats.parse_errors += 1;
+                self.drop_message(d, End::Partial("body_framing_lost"));
+                self.stats.bytes_skipped += inp.consume_all();
+                break;
+            }
+            guard -= 1;
+            self.step(d, &mut inp, ts, out);
+        }
+        self.emit_ready(out);
+    }
+
+    /// Some calls in `dir` were lost before the next chunk: abandon what was in progress there.
+    /// Exchanges this finishes are released by the next `feed` or `close`.
+    pub fn gap(&mut self, dir: Direction) {
+        if self.closed || self.upgraded {
+            return;
+        }
+        self.drop_message(dir, End::Partial("gap"));
+        // Whole requests may have been in the lost calls, so later responses cannot be paired
+        // blindly.
+        self.ambiguous = true;
+        if self.response_dir() == Some(dir) {
+            // The lost calls may hold the answers of everything outstanding.
+            for e in self.pending.iter_mut().filter(|e| e.awaiting()) {
+                e.resp_done = true;
+                e.mark(End::Partial("gap"));
+            }
+        }
+    }
+
+    /// The connection closed at `ts_ns` (or capture ends): complete a close-delimited response
+    /// and flush every request left as an exchange (`status: None` when it got no answer).
+    /// End timestamps stay those of the last data chunk, as for every message.
+    pub fn close(&mut self, ts_ns: u64, out: &mut Vec<Http1Exchange>) {
+        let _ = ts_ns;
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        for d in [Direction::Egress, Direction::Ingress] {
+            match self.halves[hi(d)].phase {
+                Phase::UntilClose | Phase::Lost => self.finish_msg(d, End::Clean),
+                Phase::HeadOverflow { .. } | Phase::Length(_) | Phase::Chunked(_) => {
+                    self.finish_msg(d, End::Incomplete("closed_before_complete"))
+                }
+                Phase::Head | Phase::Start | Phase::Skip { .. } => {}
+            }
+            self.drop_message(d, End::Incomplete("closed_before_complete"));
+        }
+        for e in self.pending.iter_mut() {
+            if !e.req_done {
+                e.req_done = true;
+                e.mark(End::Incomplete("closed_before_complete"));
+            }
+            e.resp_done = true;
+        }
+        self.emit_ready(out);
+    }
+
+    fn expected(&self, d: Direction) -> Option<Kind> {
+        match (self.role, d) {
+            (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress) => {
+                Some(Kind::Request)
+            }
+            (Role::Client, Direction::Ingress) | (Role::Server, Direction::Egress) => {
+                Some(Kind::Response)
+            }
+            (Role::Unknown, _) => None,
+        }
+    }
+
+    fn response_dir(&self) -> Option<Direction> {
+        match self.role {
+            Role::Client => Some(Direction::Ingress),
+            Role::Server => Some(Direction::Egress),
+            Role::Unknown => None,
+        }
+    }
+
+    /// Resync points are only taken at call boundaries: that is where writers start messages.
+    fn at_chunk_start(&mut self, d: Direction, data: &[u8]) {
+        let phase = self.halves[hi(d)].phase;
+        if !matches!(phase, Phase::Skip { .. } | Phase::Lost) {
+            return;
+        }
+        let Some(is_req) = detect(data) else {
+            // A call too short to tell (say "HTT") may still start a message; the head
+            // parser validates it as more bytes come. Not so mid-message: body bytes could
+            // look like that too often.
+            if phase != Phase::Lost && matches!(classify(data), Class::NeedMore) {
+                self.halves[hi(d)].phase = Phase::Start;
+            }
+            return;
+        };
+        let kind = if is_req {
+            Kind::Request
+        } else {
+            Kind::Response
+        };
+        if self.expected(d).is_some_and(|e| e != kind) {
+            // A message in the wrong direction: not ours to pair.
+            self.stats.parse_errors += 1;
+            return;
+        }
+        if phase == Phase::Lost {
+            self.finish_msg(d, End::Clean);
+        } else {
+            self.halves[hi(d)].phase = Phase::Start;
+        }
+    }
+
+    fn step(&mut self, d: Direction, inp: &mut Input<'_>, ts: u64, out: &mut Vec<Http1Exchange>) {
+        let i = hi(d);
+        match self.halves[i].phase {
+            Phase::Skip { counted } => {
+                if !counted {
+                    self.stats.resyncs += 1;
+                }
+                self.stats.bytes_skipped += inp.consume_all();
+                self.halves[i].phase = Phase::Skip { counted: true };
+            }
+            Phase::Start => self.step_start(d, inp, ts),
+            Phase::Head => self.step_head(d, inp, ts, out),
+            Phase::HeadOverflow { nl, scanned, then } => {
+                self.step_overflow(d, inp, ts, nl, scanned, then)
+            }
+            Phase::Length(rem) => {
+                let n = rem.min(inp.total());
+                inp.advance(n);
+                self.add_body(d, n, ts);
+                if n == rem {
+                    self.finish_msg(d, End::Clean);
+                } else {
+                    self.halves[i].phase = Phase::Length(rem - n);
+                }
+            }
+            Phase::Chunked(st) => self.step_chunked(d, inp, ts, st),
+            Phase::UntilClose | Phase::Lost => {
+                let n = inp.consume_all();
+                self.add_body(d, n, ts);
+            }
+        }
+    }
+
+    fn add_body(&mut self, d: Direction, n: u64, ts: u64) {
+        if let Some(m) = self.halves[hi(d)].msg.as_mut() {
+            if n > 0 {
+                m.body_bytes += n;
+                m.last_ns = ts;
+            }
+        }
+    }
+
+    fn step_start(&mut self, d: Direction, inp: &mut Input<'_>, ts: u64) {
+        // Stray empty lines between messages are tolerated, as servers do.
+        let blank = inp
+            .known
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        if blank > 0 {
+            inp.advance(blank as u64);
+            return;
+        }
+        let half = &mut self.halves[hi(d)];
+        if inp.known.is_empty() {
+            // The next message starts in bytes that were not captured.
+            half.phase = Phase::Skip { counted: false };
+            return;
+        }
+        half.clear_buf();
+        half.msg = Some(Msg {
+            kind: None,
+            entry: None,
+            first_ns: ts,
+            last_ns: ts,
+            head_bytes: 0,
+            body_bytes: 0,
+        });
+        half.phase = Phase::Head;
+    }
+
+    fn step_head(
+        &mut self,
+        d: Direction,
+        inp: &mut Input<'_>,
+        ts: u64,
+        out: &mut Vec<Http1Exchange>,
+    ) {
+        let cap = self.max_header_bytes;
+        let expected = self.expected(d);
+        let half = &mut self.halves[hi(d)];
+        let old = half.buf.len();
+        let window = &inp.known[..cap.saturating_sub(old).min(inp.known.len())];
+        // Find the blank line incrementally so only this head's bytes get copied.
+        let mut nl = tail_state(&half.buf);
+        let mut end = None;
+        for (k, &b) in window.iter().enumerate() {
+            nl = nl_step(nl, b);
+            if nl == NL_END {
+                end = Some(k + 1);
+                break;
+            }
+        }
+        let take = end.unwrap_or(window.len());
+        half.buf.extend_from_slice(&window[..take]);
+
+        let mut kind = half.msg.and_then(|m| m.kind);
+        if kind.is_none() {
+            match classify(&half.buf) {
+                Class::NeedMore => {}
+                Class::Bad => return self.bad_start(d, old),
+                Class::Is(k) if expected.is_some_and(|e| e != k) => return self.bad_start(d, old),
+                Class::Is(k) => kind = Some(k),
+            }
+        }
+        inp.advance(take as u64);
+        let half = &mut self.halves[hi(d)];
+        let Some(msg) = half.msg.as_mut() else {
+            half.reset(Phase::Skip { counted: false });
+            return;
+        };
+        msg.kind = kind;
+        if take > 0 {
+            msg.last_ns = ts;
+        }
+        msg.head_bytes = half.buf.len() as u64;
+        let cut = inp.known.is_empty() && inp.unknown > 0;
+        let full = half.buf.len() >= cap;
+        if end.is_none() && !cut && !full {
+            return;
+        }
+        if kind.is_none() {
+            // Too little was captured to even tell what this is.
+            self.stats.bytes_skipped += half.buf.len() as u64;
+            half.reset(Phase::Skip { counted: false });
+            return;
+        }
+        self.on_head(d, end.is_none(), ts, out);
+    }
+
+    /// The bytes at a message start are not HTTP/1 (or not expected here).
+    fn bad_start(&mut self, d: Direction, earlier_bytes: usize) {
+        self.stats.parse_errors += 1;
+        // Bytes from this call are counted by Skip, which takes over the rest of the input.
+        self.stats.bytes_skipped += earlier_bytes as u64;
+        self.halves[hi(d)].reset(Phase::Skip { counted: false });
+    }
+
+    fn on_head(&mut self, d: Direction, truncated: bool, ts: u64, out: &mut Vec<Http1Exchange>) {
+        let i = hi(d);
+        let Some((msg, kind)) = self.halves[i].msg.and_then(|m| Some((m, m.kind?))) else {
+            self.halves[i].reset(Phase::Skip { counted: false });
+            return;
+        };
+        let parsed = parse_head(&self.halves[i].buf, kind, truncated);
+        let nl = tail_state(&self.halves[i].buf);
+        self.halves[i].clear_buf();
+        let Some(head) = parsed else {
+            self.stats.parse_errors += 1;
+            self.stats.bytes_skipped += msg.head_bytes;
+            self.halves[i].reset(Phase::Skip { counted: false });
+            return;
+        };
+        self.is_http = true;
+        if truncated {
+            self.stats.headers_truncated += 1;
+        }
+        match kind {
+            Kind::Request => self.on_request(d, head, truncated, nl, ts, out),
+            Kind::Response => self.on_response(d, head, truncated, nl),
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        d: Direction,
+        head: Head,
+        truncated: bool,
+        nl: u8,
+        ts: u64,
+        out: &mut Vec<Http1Exchange>,
+    ) {
+        if self.role == Role::Unknown {
+            self.role = match d {
+                Direction::Egress => Role::Client,
+                Direction::Ingress => Role::Server,
+            };
+        }
+        self.stats.requests += 1;
+        let o = other(d);
+        if self.halves[hi(o)].phase == Phase::Lost {
+            // A new request means the answer being read with lost framing is over.
+            self.finish_msg(o, End::Clean);
+        }
+        let busy = self.halves[hi(o)].is_mid_message();
+        let outstanding = self.pending.iter().any(Entry::awaiting);
+        let tainted = self.ambiguous && (busy || outstanding);
+        if !tainted {
+            self.ambiguous = false;
+        }
+        let Some(msg) = self.halves[hi(d)].msg else {
+            return;
+        };
+        let framing = request_framing(&head, truncated);
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut entry = Entry {
+            id,
+            ex: Http1Exchange {
+                version: if head.minor == 0 { "1.0" } else { "1.1" }.to_string(),
+                host: head.host,
+                user_agent: head.user_agent,
+                status: None,
+                content_type: None,
+                req_header_bytes: msg.head_bytes,
+                req_body_bytes: 0,
+                resp_header_bytes: 0,
+                resp_body_bytes: 0,
+                req_start_ns: msg.first_ns,
+                req_end_ns: ts,
+                resp_start_ns: 0,
+                resp_end_ns: 0,
+                interim: Vec::new(),
+                chunked_request: framing == Some(Framing::Chunked),
+                chunked_response: false,
+                upgrade: None,
+                trace: head.trace,
+                complete: false,
+                partial: false,
+                notes: Vec::new(),
+                method: head.method,
+                target: head.target,
+            },
+            req_done: false,
+            resp_done: false,
+            has_final: false,
+            incomplete: false,
+            tainted,
+            is_head: false,
+            is_connect: false,
+            req_upgrade: head.upgrade,
+        };
+        entry.is_head = entry.ex.method == "HEAD";
+        entry.is_connect = entry.ex.method == "CONNECT";
+        if truncated {
+            entry.mark(End::Partial("headers_truncated"));
+        }
+        self.push_entry(entry, out);
+        if let Some(m) = self.halves[hi(d)].msg.as_mut() {
+            m.entry = Some(id);
+        }
+        self.start_body(d, framing, truncated, nl);
+    }
+
+    fn on_response(&mut self, d: Direction, head: Head, truncated: bool, nl: u8) {
+        let i = hi(d);
+        let Some(msg) = self.halves[i].msg else {
+            return;
+        };
+        let code = head.code;
+        if (100..200).contains(&code) && code != 101 {
+            self.stats.interim_responses += 1;
+            if self.ghosts == 0 {
+                if let Some(e) = self.pending.iter_mut().find(|e| e.awaiting()) {
+                    if !e.tainted {
+                        e.ex.interim.push(code);
+                    }
+                }
+            }
+            // Interim responses have no body and are not exchanges of their own.
+            return self.start_body(d, Some(Framing::Empty), truncated, nl);
+        }
+        self.stats.responses += 1;
+        let mut target = None;
+        if self.ghosts > 0 {
+            // This answers a request that the queue cap already gave up on.
+            self.ghosts -= 1;
+            self.stats.unmatched_responses += 1;
+        } else if let Some(pos) = self.pending.iter().position(Entry::awaiting) {
+            if self.pending[pos].tainted {
+                // It may answer a request lost in a gap: pairing it could be wrong.
+                let e = &mut self.pending[pos];
+                e.resp_done = true;
+                e.mark(End::Partial("gap"));
+                self.stats.unmatched_responses += 1;
+            } else {
+                target = Some(pos);
+            }
+        } else {
+            self.stats.unmatched_responses += 1;
+        }
+
+        let mut is_head = false;
+        let mut is_connect = false;
+        let mut entry_id = None;
+        if let Some(pos) = target {
+            let e = &mut self.pending[pos];
+            is_head = e.is_head;
+            is_connect = e.is_connect;
+            e.has_final = true;
+            e.ex.status = Some(code);
+            e.ex.content_type = head.content_type.clone();
+            e.ex.resp_start_ns = msg.first_ns;
+            e.ex.resp_header_bytes = msg.head_bytes;
+            if code == 101 {
+                e.ex.upgrade = head.upgrade.clone().or_else(|| e.req_upgrade.clone());
+            }
+            if truncated {
+                e.mark(End::Partial("headers_truncated"));
+            }
+            entry_id = Some(e.id);
+        }
+        if let Some(m) = self.halves[i].msg.as_mut() {
+            m.entry = entry_id;
+        }
+        if let Some(id) = entry_id {
+            let o = other(d);
+            let req_half = &self.halves[hi(o)];
+            if req_half.phase == Phase::Lost && req_half.msg.and_then(|m| m.entry) == Some(id) {
+                // The request with lost framing ends where its answer starts.
+                self.finish_msg(o, End::Clean);
+            }
+        }
+        if code == 101 || (is_connect && (200..300).contains(&code)) {
+            return self.switch_protocols(d);
+        }
+        let framing = response_framing(&head, code, is_head, truncated);
+        if framing == Some(Framing::Chunked) {
+            if let Some(e) = entry_id.and_then(|id| self.entry_mut(id)) {
+                e.ex.chunked_response = true;
+            }
+        }
+        self.start_body(d, framing, truncated, nl);
+    }
+
+    /// After 101 or a 2xx to CONNECT the bytes are another protocol: finish and stop.
+    fn switch_protocols(&mut self, d: Direction) {
+        self.finish_msg(d, End::Clean);
+        self.drop_message(other(d), End::Partial("body_framing_lost"));
+        for e in self.pending.iter_mut() {
+            e.req_done = true;
+            e.resp_done = true;
+        }
+        self.upgraded = true;
+        for h in self.halves.iter_mut() {
+            h.reset(Phase::Skip { counted: true });
+        }
+    }
+
+    fn start_body(&mut self, d: Direction, framing: Option<Framing>, truncated: bool, nl: u8) {
+        let half = &mut self.halves[hi(d)];
+        if truncated {
+            half.phase = Phase::HeadOverflow {
+                nl,
+                scanned: 0,
+                then: framing,
+            };
+            return;
+        }
+        match framing {
+            Some(Framing::Empty) | Some(Framing::Length(0)) => self.finish_msg(d, End::Clean),
+            Some(Framing::Length(n)) => half.phase = Phase::Length(n),
+            Some(Framing::Chunked) => half.phase = Phase::Chunked(SIZE_START),
+            Some(Framing::UntilClose) => half.phase = Phase::UntilClose,
+            None => {
+                // Contradictory or invalid framing headers.
+                self.stats.parse_errors += 1;
+                self.enter_lost(d);
+            }
+        }
+    }
+
+    fn enter_lost(&mut self, d: Direction) {
+        let half = &mut self.halves[hi(d)];
+        half.phase = Phase::Lost;
+        if let Some(id) = half.msg.and_then(|m| m.entry) {
+            if let Some(e) = self.entry_mut(id) {
+                e.mark(End::Partial("body_framing_lost"));
+            }
+        }
+    }
+
+    fn step_overflow(
+        &mut self,
+        d: Direction,
+        inp: &mut Input<'_>,
+        ts: u64,
+        nl: u8,
+        scanned: u64,
+        then: Option<Framing>,
+    ) {
+        if inp.known.is_empty() {
+            // The rest of the head was not captured.
+            return self.enter_lost(d);
+        }
+        let mut state = nl;
+        let mut end = None;
+        for (k, &b) in inp.known.iter().enumerate() {
+            state = nl_step(state, b);
+            if state == NL_END {
+                end = Some(k + 1);
+                break;
+            }
+        }
+        let n = end.unwrap_or(inp.known.len());
+        inp.advance(n as u64);
+        let half = &mut self.halves[hi(d)];
+        if let Some(m) = half.msg.as_mut() {
+            m.head_bytes += n as u64;
+            m.last_ns = ts;
+        }
+        if end.is_some() {
+            return match then {
+                Some(f) => self.start_body(d, Some(f), false, 0),
+                None => self.enter_lost(d),
+            };
+        }
+        let scanned = scanned.saturating_add(n as u64);
+        let limit = MIN_OVERFLOW_SCAN.max((self.max_header_bytes as u64).saturating_mul(4));
+        if scanned > limit {
+            self.enter_lost(d);
+        } else {
+            half.phase = Phase::HeadOverflow {
+                nl: state,
+                scanned,
+                then,
+            };
+        }
+    }
+
+    fn step_chunked(&mut self, d: Direction, inp: &mut Input<'_>, ts: u64, st: ChunkState) {
+        enum Outcome {
+            NeedMore,
+            Done,
+            Uncaptured,
+            Malformed,
+        }
+        let trailer_cap = self.max_header_bytes as u64;
+        let mut st = st;
+        let mut payload = 0u64;
+        let mut consumed = false;
+        let outcome = loop {
+            if let ChunkState::Data(rem) = st {
+                let n = rem.min(inp.total());
+                if n == 0 {
+                    break Outcome::NeedMore;
+                }
+                inp.advance(n);
+                payload += n;
+                consumed = true;
+                st = if n == rem {
+                    ChunkState::DataCr
+                } else {
+                    ChunkState::Data(rem - n)
+                };
+                continue;
+            }
+            let Some(&b) = inp.known.first() else {
+                break if inp.unknown > 0 {
+                    Outcome::Uncaptured
+                } else {
+                    Outcome::NeedMore
+                };
+            };
+            inp.advance(1);
+            consumed = true;
+            match chunk_step(st, b, trailer_cap) {
+                Ok(Some(next)) => st = next,
+                Ok(None) => break Outcome::Done,
+                Err(()) => break Outcome::Malformed,
+            }
+        };
+        if let Some(m) = self.halves[hi(d)].msg.as_mut() {
+            m.body_bytes += payload;
+            if consumed {
+                m.last_ns = ts;
+            }
+        }
+        match outcome {
+            Outcome::NeedMore => self.halves[hi(d)].phase = Phase::Chunked(st),
+            Outcome::Done => self.finish_msg(d, End::Clean),
+            Outcome::Uncaptured => self.enter_lost(d),
+            Outcome::Malformed => {
+                self.stats.parse_errors += 1;
+                self.enter_lost(d);
+            }
+        }
+    }
+
+    fn entry_mut(&mut self, id: u64) -> Option<&mut Entry> {
+        self.pending.iter_mut().find(|e| e.id == id)
+    }
+
+    fn push_entry(&mut self, entry: Entry, out: &mut Vec<Http1Exchange>) {
+        if self.pending.len() >= MAX_PENDING {
+            // Keep output in request order before forcing the oldest out.
+            self.emit_ready(out);
+        }
+        while self.pending.len() >= MAX_PENDING {
+            let Some(front) = self.pending.front_mut() else {
+                break;
+            };
+            if front.awaiting() {
+                self.ghosts += 1;
+            }
+            front.req_done = true;
+            front.resp_done = true;
+            front.mark(End::Incomplete("queue_overflow"));
+            self.emit_ready(out);
+        }
+        self.pending.push_back(entry);
+    }
+
+    /// End the message in progress in `d`, writing its sizes and end time to its exchange.
+    fn finish_msg(&mut self, d: Direction, end: End) {
+        let half = &mut self.halves[hi(d)];
+        half.phase = Phase::Start;
+        half.clear_buf();
+        let Some(m) = half.msg.take() else {
+            return;
+        };
+        let (Some(kind), Some(id)) = (m.kind, m.entry) else {
+            return;
+        };
+        let Some(e) = self.entry_mut(id) else {
+            return;
+        };
+        match kind {
+            Kind::Request => {
+                e.ex.req_header_bytes = m.head_bytes;
+                e.ex.req_body_bytes = m.body_bytes;
+                e.ex.req_end_ns = m.last_ns;
+                e.req_done = true;
+            }
+            Kind::Response => {
+                e.ex.resp_header_bytes = m.head_bytes;
+                e.ex.resp_body_bytes = m.body_bytes;
+                e.ex.resp_end_ns = m.last_ns;
+                e.resp_done = true;
+            }
+        }
+        e.mark(end);
+    }
+
+    /// Abandon whatever `d` was in the middle of and wait for the next message start.
+    fn drop_message(&mut self, d: Direction, end: End) {
+        let i = hi(d);
+        match self.halves[i].phase {
+            Phase::Head => {
+                if self.halves[i].msg.and_then(|m| m.kind) == Some(Kind::Request) {
+                    // Its head never completed: there is nothing to emit.
+                    self.stats.abandoned_requests += 1;
+                }
+            }
+            Phase::HeadOverflow { .. }
+            | Phase::Length(_)
+            | Phase::Chunked(_)
+            | Phase::UntilClose
+            | Phase::Lost => self.finish_msg(d, end),
+            Phase::Start | Phase::Skip { .. } => {}
+        }
+        self.halves[i].reset(Phase::Skip { counted: false });
+    }
+
+    fn emit_ready(&mut self, out: &mut Vec<Http1Exchange>) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|e| e.req_done && e.resp_done)
+        {
+            let Some(e) = self.pending.pop_front() else {
+                break;
+            };
+            let mut ex = e.ex;
+            if ex.status.is_none() {
+                self.stats.abandoned_requests += 1;
+                if !ex.notes.contains(&"no_response") {
+                    ex.notes.push("no_response");
+                }
+            }
+            ex.complete = ex.status.is_some() && !ex.partial && !e.incomplete;
+            out.push(ex);
+        }
+    }
+}
+
+const NL_END: u8 = 3;
+
+/// Blank-line detector: 0 = mid-line, 1 = after LF, 2 = after LF CR, 3 = head ended.
+fn nl_step(state: u8, b: u8) -> u8 {
+    match (state, b) {
+        (1 | 2, b'\n') => NL_END,
+        (_, b'\n') => 1,
+        (1, b'\r') => 2,
+        _ => 0,
+    }
+}
+
+/// Detector state after `buf` (it only depends on the last two bytes).
+fn tail_state(buf: &[u8]) -> u8 {
+    buf[buf.len().saturating_sub(2)..]
+        .iter()
+        .fold(0, |s, &b| nl_step(s, b))
+        .min(2)
+}
+
+enum Class {
+    NeedMore,
+    Bad,
+    Is(Kind),
+}
+
+/// Decide, from the first bytes of a message, whether it is a request, a response or garbage.
+fn classify(buf: &[u8]) -> Class {
+    match detect(buf) {
+        Some(true) => return Class::Is(Kind::Request),
+        Some(false) => return Class::Is(Kind::Response),
+        None => {}
+    }
+    let could_be =
+        |word: &[u8]| !buf.is_empty() && buf.len() <= word.len() && word.starts_with(buf);
+    if could_be(STATUS_PREFIX) || METHODS.iter().any(|m| could_be(m)) {
+        Class::NeedMore
+    } else {
+        Class::Bad
+    }
+}
+
+/// What is kept of a parsed head.
+#[derive(Debug, Default)]
+struct Head {
+    method: String,
+    target: String,
+    minor: u8,
+    code: u16,
+    host: Option<String>,
+    user_agent: Option<String>,
+    content_type: Option<String>,
+    upgrade: Option<String>,
+    trace: Option<TraceContext>,
+    /// `Some(None)`: present but invalid or conflicting.
+    content_length: Option<Option<u64>>,
+    /// `Some(true)` when the last transfer coding is chunked.
+    chunked: Option<bool>,
+}
+
+fn parse_head(buf: &[u8], kind: Kind, truncated: bool) -> Option<Head> {
+    if !truncated {
+        return parse_full(buf, kind);
+    }
+    // Close the head after its last complete line so the lines that did fit are still read.
+    if let Some(p) = buf.iter().rposition(|&b| b == b'\n') {
+        let mut closed = Vec::with_capacity(p + 3);
+        closed.extend_from_slice(&buf[..=p]);
+        closed.extend_from_slice(b"\r\n");
+        if let Some(h) = parse_full(&closed, kind) {
+            return Some(h);
+        }
+    }
+    parse_first_line(buf, kind)
+}
+
+fn parse_full(buf: &[u8], kind: Kind) -> Option<Head> {
+    let mut small = [httparse::EMPTY_HEADER; 64];
+    match parse_with(buf, kind, &mut small) {
+        Ok(h) => h,
+        Err(httparse::Error::TooManyHeaders) => {
+            // Every header line takes at least three bytes, so this always suffices.
+            let mut big = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
+            parse_with(buf, kind, &mut big).ok().flatten()
+        }
+        Err(_) => None,
+    }
+}
+
+fn parse_with<'b>(
+    buf: &'b [u8],
+    kind: Kind,
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<Head>, httparse::Error> {
+    // Lenient: we observe traffic that peers already accepted, we do not police it.
+    let mut cfg = httparse::ParserConfig::default();
+    let mut head = Head::default();
+    match kind {
+        Kind::Request => {
+            cfg.allow_multiple_spaces_in_request_line_delimiters(true)
+                .ignore_invalid_headers_in_requests(true);
+            let mut req = httparse::Request::new(headers);
+            if cfg.parse_request(&mut req, buf)?.is_partial() {
+                return Ok(None);
+            }
+            let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version)
+            else {
+                return Ok(None);
+            };
+            head.method = method.to_string();
+            head.target = path.to_string();
+            head.minor = minor;
+            collect_headers(req.headers, &mut head);
+        }
+        Kind::Response => {
+            cfg.allow_multiple_spaces_in_response_status_delimiters(true)
+                .allow_spaces_after_header_name_in_responses(true)
+                .allow_obsolete_multiline_headers_in_responses(true)
+                .ignore_invalid_headers_in_responses(true);
+            let mut resp = httparse::Response::new(headers);
+            if cfg.parse_response(&mut resp, buf)?.is_partial() {
+                return Ok(None);
+            }
+            let (Some(code), Some(minor)) = (resp.code, resp.version) else {
+                return Ok(None);
+            };
+            head.code = code;
+            head.minor = minor;
+            collect_headers(resp.headers, &mut head);
+        }
+    }
+    Ok(Some(head))
+}
+
+/// Fallback when not even the first line fit: take what the truncated line shows.
+fn parse_first_line(buf: &[u8], kind: Kind) -> Option<Head> {
+    let line_end = buf
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(buf.len());
+    let mut parts = buf[..line_end]
+        .split(|&b| b == b' ')
+        .filter(|p| !p.is_empty());
+    let mut head = Head::default();
+    match kind {
+        Kind::Request => {
+            let method = parts.next()?;
+            if !is_known_method(method) {
+                return None;
+            }
+            head.method = String::from_utf8_lossy(method).into_owned();
+            head.target = String::from_utf8_lossy(parts.next()?).into_owned();
+            head.minor = match parts.next() {
+                Some(b"HTTP/1.0") => 0,
+                _ => 1,
+            };
+        }
+        Kind::Response => {
+            head.minor = match parts.next()? {
+                b"HTTP/1.0" => 0,
+                b"HTTP/1.1" => 1,
+                _ => return None,
+            };
+            let code = parts.next()?;
+            if code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            head.code = std::str::from_utf8(code).ok()?.parse().ok()?;
+        }
+    }
+    Some(head)
+}
+
+/// Keep only the header values the exchange reports (privacy) and those that frame the body.
+fn collect_headers(headers: &[httparse::Header<'_>], head: &mut Head) {
+    let mut sw8 = None;
+    let mut b3 = None;
+    let mut b3_trace = None;
+    let mut b3_span = None;
+    for h in headers {
+        let name = h.name;
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if is("host") {
+            head.host = Some(text(h.value));
+        } else if is("user-agent") {
+            head.user_agent = Some(text(h.value));
+        } else if is("content-type") {
+            head.content_type = Some(text(h.value));
+        } else if is("upgrade") {
+            head.upgrade = Some(text(h.value));
+        } else if is("content-length") {
+            head.content_length = Some(merge_content_length(head.content_length, h.value));
+        } else if is("transfer-encoding") {
+            head.chunked = Some(last_coding_is_chunked(h.value));
+        } else if is("sw8") {
+            sw8 = Some(h.value);
+        } else if is("b3") {
+            b3 = Some(h.value);
+        } else if is("x-b3-traceid") {
+            b3_trace = Some(h.value);
+        } else if is("x-b3-spanid") {
+            b3_span = Some(h.value);
+        }
+    }
+    head.trace = sw8
+        .and_then(as_str)
+        .and_then(parse_sw8)
+        .or_else(|| b3.and_then(as_str).and_then(parse_b3))
+        .or_else(|| zipkin(as_str(b3_trace?)?, as_str(b3_span?)?));
+}
+
+fn as_str(v: &[u8]) -> Option<&str> {
+    std::str::from_utf8(v).ok().map(str::trim)
+}
+
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).trim().to_string()
+}
+
+/// Content-Length may repeat (as a list or as several headers) only with one value.
+fn merge_content_length(prev: Option<Option<u64>>, v: &[u8]) -> Option<u64> {
+    let mut value = match prev {
+        Some(None) => return None,
+        Some(Some(n)) => Some(n),
+        None => None,
+    };
+    for part in v.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+        match value {
+            Some(prev) if prev != n => return None,
+            _ => value = Some(n),
+        }
+    }
+    value
+}
+
+fn last_coding_is_chunked(v: &[u8]) -> bool {
+    v.split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .rfind(|c| !c.is_empty())
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// `None`: the body length cannot be known (invalid headers, or headers cut off).
+fn request_framing(head: &Head, truncated: bool) -> Option<Framing> {
+    match head.chunked {
+        Some(true) => return Some(Framing::Chunked),
+        // A request with a non-chunked transfer coding has no determinable length.
+        Some(false) => return None,
+        None => {}
+    }
+    match head.content_length {
+        Some(Some(n)) => Some(Framing::Length(n)),
+        Some(None) => None,
+        None if truncated => None,
+        None => Some(Framing::Empty),
+    }
+}
+
+fn response_framing(head: &Head, code: u16, to_head: bool, truncated: bool) -> Option<Framing> {
+    if to_head || code == 204 || code == 304 || (100..200).contains(&code) {
+        return Some(Framing::Empty);
+    }
+    match head.chunked {
+        Some(true) => return Some(Framing::Chunked),
+        Some(false) => return Some(Framing::UntilClose),
+        None => {}
+    }
+    match head.content_length {
+        Some(Some(n)) => Some(Framing::Length(n)),
+        Some(None) => None,
+        None if truncated => None,
+        None => Some(Framing::UntilClose),
+    }
+}
+
+fn hex_val(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+/// One framing byte of a chunked body. `Ok(None)`: the body ended with this byte.
+fn chunk_step(st: ChunkState, b: u8, trailer_cap: u64) -> Result<Option<ChunkState>, ()> {
+    let next = match st {
+        ChunkState::Size {
+            value,
+            seen_digit,
+            in_ext,
+            line_len,
+        } => {
+            let line_len = line_len + 1;
+            if line_len > MAX_CHUNK_LINE {
+                return Err(());
+            }
+            let same = |value, seen_digit, in_ext| ChunkState::Size {
+                value,
+                seen_digit,
+                in_ext,
+                line_len,
+            };
+            match b {
+                b'\n' if !seen_digit => return Err(()),
+                b'\n' if value == 0 => ChunkState::Trailer {
+                    has_content: false,
+                    bytes: 0,
+                },
+                b'\n' => ChunkState::Data(value),
+                b'\r' => same(value, seen_digit, in_ext),
+                _ if in_ext => same(value, seen_digit, true),
+                b';' | b' ' | b'\t' if seen_digit => same(value, seen_digit, true),
+                _ => {
+                    let h = hex_val(b).ok_or(())?;
+                    if value > u64::MAX >> 4 {
+                        return Err(());
+                    }
+                    same(value << 4 | h, true, false)
+                }
+            }
+        }
+        ChunkState::DataCr => match b {
+            b'\r' => ChunkState::DataLf,
+            b'\n' => SIZE_START,
+            _ => return Err(()),
+        },
+        ChunkState::DataLf => match b {
+            b'\n' => SIZE_START,
+            _ => return Err(()),
+        },
+        ChunkState::Trailer { has_content, bytes } => {
+            let bytes = bytes.saturating_add(1);
+            if bytes > trailer_cap {
+                return Err(());
+            }
+            match b {
+                b'\n' if !has_content => return Ok(None),
+                b'\n' => ChunkState::Trailer {
+                    has_content: false,
+                    bytes,
+                },
+                b'\r' => ChunkState::Trailer { has_content, bytes },
+                _ => ChunkState::Trailer {
+                    has_content: true,
+                    bytes,
+                },
+            }
+        }
+        // Data is consumed in bulk by the caller and never reaches here.
+        ChunkState::Data(_) => return Err(()),
+    };
+    Ok(Some(next))
+}
+
+/// SkyWalking `sw8`: `sample-traceId-segmentId-spanId-parentService-parentInstance-
+/// parentEndpoint-addressUsedAtClient`, string fields base64.
+fn parse_sw8(v: &str) -> Option<TraceContext> {
+    let f: Vec<&str> = v.split('-').collect();
+    if f.len() != 8 || !matches!(f[0], "0" | "1") {
+        return None;
+    }
+    let span = f[3];
+    if span.is_empty() || span.len() > 10 || !span.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let trace_id = base64_text(f[1])?;
+    let segment_id = base64_text(f[2])?;
+    let parent_service = base64_text(f[4])?;
+    // The remaining fields are not kept but must be well-formed for the header to be trusted.
+    for field in &f[5..] {
+        base64_text(field)?;
+    }
+    if trace_id.is_empty() {
+        return None;
+    }
+    Some(TraceContext {
+        provider: "skywalking",
+        trace_id,
+        segment_id: Some(segment_id),
+        span_id: Some(span.to_string()),
+        parent_service: Some(parent_service),
+    })
+}
+
+/// Zipkin single `b3` header: `traceid-spanid[-sampled[-parentspanid]]`.
+fn parse_b3(v: &str) -> Option<TraceContext> {
+    let mut it = v.split('-');
+    let trace = it.next()?;
+    let span = it.next()?;
+    if let Some(sampled) = it.next() {
+        if !matches!(sampled, "0" | "1" | "d") {
+            return None;
+        }
+    }
+    if let Some(parent) = it.next() {
+        if !is_hex_id(parent, &[16]) {
+            return None;
+        }
+    }
+    if it.next().is_some() {
+        return None;
+    }
+    zipkin(trace, span)
+}
+
+fn zipkin(trace: &str, span: &str) -> Option<TraceContext> {
+    if !is_hex_id(trace, &[16, 32]) || !is_hex_id(span, &[16]) {
+        return None;
+    }
+    Some(TraceContext {
+        provider: "zipkin",
+        trace_id: trace.to_string(),
+        segment_id: None,
+        span_id: Some(span.to_string()),
+        parent_service: None,
+    })
+}
+
+fn is_hex_id(s: &str, lens: &[usize]) -> bool {
+    lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn base64_text(s: &str) -> Option<String> {
+    String::from_utf8(base64_decode(s)?).ok()
+}
+
+/// Standard-alphabet base64, padding optional.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 || (pad > 0 && b.len() % 4 != 0) {
+        return None;
+    }
+    let body = &b[..b.len() - pad];
+    if body.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0u32;
+    for &c in body {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const E: Direction = Direction::Egress;
+    const I: Direction = Direction::Ingress;
+
+    /// Test driver: feeds chunks with increasing timestamps and collects exchanges.
+    struct T {
+        c: Http1Conn,
+        out: Vec<Http1Exchange>,
+        ts: u64,
+    }
+
+    impl T {
+        fn new(role: Role) -> Self {
+            Self::with_cap(role, 4096)
+        }
+
+        fn with_cap(role: Role, cap: usize) -> Self {
+            T {
+                c: Http1Conn::new(role, cap),
+                out: Vec::new(),
+                ts: 1000,
+            }
+        }
+
+        /// Feed a fully captured call; returns its end timestamp.
+        fn send(&mut self, dir: Direction, data: &[u8]) -> u64 {
+            self.send_len(dir, data, data.len() as u64)
+        }
+
+        /// Feed a call that moved `len` bytes of which `data` is the captured prefix.
+        fn send_len(&mut self, dir: Direction, data: &[u8], len: u64) -> u64 {
+            self.ts += 10;
+            let chunk = Chunk {
+                dir,
+                start_ns: self.ts - 5,
+                end_ns: self.ts,
+                len,
+                data,
+            };
+            self.c.feed(&chunk, &mut self.out);
+            self.ts
+        }
+
+        /// Feed a call of `len` bytes whose content is `data`, capturing at most `capture`.
+        fn send_captured(&mut self, dir: Direction, data: &[u8], capture: usize) -> u64 {
+            let n = data.len().min(capture);
+            self.send_len(dir, &data[..n], data.len() as u64)
+        }
+
+        fn close(&mut self) {
+            self.ts += 10;
+            self.c.close(self.ts, &mut self.out);
+        }
+    }
+
+    fn only(t: &T) -> &Http1Exchange {
+        assert_eq!(t.out.len(), 1, "{:#?}", t.out);
+        &t.out[0]
+    }
+
+    fn get(path: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: svc\r\n\r\n").into_bytes()
+    }
+
+    fn ok(body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn detect_recognises_heads() {
+        assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Some(true));
+        assert_eq!(detect(b"OPTIONS * HTTP/1.1"), Some(true));
+        assert_eq!(detect(b"HTTP/1.1 200 OK"), Some(false));
+        assert_eq!(detect(b"HTTP/1.0 404"), Some(false));
+        assert_eq!(detect(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(detect(b"GETX / HTTP/1.1"), None);
+        assert_eq!(detect(b"get / HTTP/1.1"), None);
+        assert_eq!(detect(b"GET"), None);
+        assert_eq!(detect(b""), None);
+        assert_eq!(detect(b"\x16\x03\x01\x02\x00"), None);
+    }
+
+    #[test]
+    fn simple_get() {
+        let mut t = T::new(Role::Client);
+        let req = b"GET /index.html?q=1&r=2 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.0\r\nCookie: secret-cookie\r\nAuthorization: Bearer hunter2\r\n\r\n";
+        let t1 = t.send(E, req);
+        assert!(t.out.is_empty());
+        assert!(t.c.is_http());
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nSet-Cookie: s=1\r\nContent-Length: 5\r\n\r\nhello";
+        let t2 = t.send(I, resp);
+        let ex = only(&t);
+        assert_eq!(ex.method, "GET");
+        assert_eq!(ex.target, "/index.html?q=1&r=2");
+        assert_eq!(ex.version, "1.1");
+        assert_eq!(ex.host.as_deref(), Some("example.com"));
+        assert_eq!(ex.user_agent.as_deref(), Some("curl/8.0"));
+        assert_eq!(ex.status, Some(200));
+        assert_eq!(ex.content_type.as_deref(), Some("text/html"));
+        assert_eq!(ex.req_header_bytes, req.len() as u64);
+        assert_eq!(ex.req_body_bytes, 0);
+        assert_eq!(ex.resp_header_bytes, resp.len() as u64 - 5);
+        assert_eq!(ex.resp_body_bytes, 5);
+        assert_eq!((ex.req_start_ns, ex.req_end_ns), (t1, t1));
+        assert_eq!((ex.resp_start_ns, ex.resp_end_ns), (t2, t2));
+        assert!(ex.complete && !ex.partial && ex.notes.is_empty());
+        assert!(ex.interim.is_empty() && ex.upgrade.is_none() && ex.trace.is_none());
+        assert!(!ex.chunked_request && !ex.chunked_response);
+        // Only the kept header values may appear anywhere in the record.
+        let json = serde_json::to_string(ex).unwrap();
+        assert!(json.contains("\"status\":200"));
+        assert!(!json.contains("secret") && !json.contains("hunter2") && !json.contains("hello"));
+        assert_eq!(t.c.stats().requests, 1);
+        assert_eq!(t.c.stats().responses, 1);
+        assert_eq!(t.c.buffered_bytes(), 0);
+        assert_eq!(t.c.pending_requests(), 0);
+    }
+
+    #[test]
+    fn split_head_across_three_chunks() {
+        let mut t = T::new(Role::Client);
+        let t1 = t.send(E, b"GET /split HT");
+        t.send(E, b"TP/1.1\r\nHost: a.b\r\nUser-Ag");
+        let t3 = t.send(E, b"ent: x\r\n\r\n");
+        let t4 = t.send(I, b"HTTP/1.1 204 No Content\r");
+        t.send(I, b"\nServer: s\r\n\r");
+        let t6 = t.send(I, b"\n");
+        let ex = only(&t);
+        assert_eq!(ex.target, "/split");
+        assert_eq!(ex.host.as_deref(), Some("a.b"));
+        assert_eq!(ex.user_agent.as_deref(), Some("x"));
+        assert_eq!(ex.status, Some(204));
+        assert_eq!((ex.req_start_ns, ex.req_end_ns), (t1, t3));
+        assert_eq!((ex.resp_start_ns, ex.resp_end_ns), (t4, t6));
+        assert_eq!(ex.req_header_bytes, 49);
+        assert_eq!(ex.resp_header_bytes, 38);
+        assert!(ex.complete);
+    }
+
+    #[test]
+    fn keep_alive_thousand_exchanges() {
+        let mut t = T::new(Role::Server);
+        for n in 0..1000 {
+            t.send(I, &get(&format!("/item/{n}")));
+            t.send(E, &ok(&"x".repeat(n % 17)));
+        }
+        assert_eq!(t.out.len(), 1000);
+        for (n, ex) in t.out.iter().enumerate() {
+            assert_eq!(ex.target, format!("/item/{n}"));
+            assert_eq!(ex.resp_body_bytes, (n % 17) as u64);
+            assert!(ex.complete, "{ex:?}");
+            assert!(ex.req_start_ns < ex.resp_end_ns);
+        }
+        let s = t.c.stats();
+        assert_eq!((s.requests, s.responses), (1000, 1000));
+        assert_eq!(s.parse_errors + s.resyncs + s.unmatched_responses, 0);
+        assert_eq!(t.c.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn pipelining_three_requests_and_responses_in_one_chunk() {
+        let mut t = T::new(Role::Client);
+        let mut reqs = get("/a");
+        reqs.extend_from_slice(b"POST /b HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody");
+        reqs.extend_from_slice(&get("/c"));
+        let t1 = t.send(E, &reqs);
+        assert_eq!(t.c.pending_requests(), 3);
+        let resps = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\nHTTP/1.1 500 Oops\r\nContent-Length: 3\r\n\r\nbad";
+        let t2 = t.send(I, resps);
+        assert_eq!(t.out.len(), 3);
+        let got: Vec<_> = t
+            .out
+            .iter()
+            .map(|e| {
+                (
+                    e.target.as_str(),
+                    e.status,
+                    e.req_body_bytes,
+                    e.resp_body_bytes,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/a", Some(200), 0, 2),
+                ("/b", Some(404), 4, 0),
+                ("/c", Some(500), 0, 3)
+            ]
+        );
+        for ex in &t.out {
+            assert!(ex.complete);
+            assert_eq!((ex.req_start_ns, ex.resp_end_ns), (t1, t2));
+        }
+    }
+
+    #[test]
+    fn end_of_one_response_and_start_of_next_in_one_chunk() {
+        let mut t = T::new(Role::Client);
+        let mut reqs = get("/1");
+        reqs.extend_from_slice(&get("/2"));
+        t.send(E, &reqs);
+        let t1 = t.send(I, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234");
+        let t2 = t.send(
+            I,
+            b"56789HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\nab",
+        );
+        let t3 = t.send(I, b"cd");
+        assert_eq!(t.out.len(), 2);
+        assert_eq!((t.out[0].resp_start_ns, t.out[0].resp_end_ns), (t1, t2));
+        assert_eq!((t.out[1].resp_start_ns, t.out[1].resp_end_ns), (t2, t3));
+        assert_eq!(t.out[0].resp_body_bytes, 10);
+        assert_eq!(t.out[1].status, Some(201));
+        assert!(t.out.iter().all(|e| e.complete));
+    }
+
+    #[test]
+    fn five_megabyte_bodies_with_short_captures() {
+        const BODY: u64 = 5 * 1024 * 1024;
+        const CALL: u64 = 16 * 1024;
+        let mut t = T::new(Role::Client);
+        let head = format!("PUT /upload HTTP/1.1\r\nHost: h\r\nContent-Length: {BODY}\r\n\r\n");
+        let filler = vec![b'z'; 4096];
+        // The first call carries the head and the start of the body.
+        let mut first = head.clone().into_bytes();
+        first.extend_from_slice(&filler[..4096 - first.len()]);
+        let t1 = t.send_len(E, &first, CALL);
+        let mut sent = CALL - head.len() as u64;
+        let mut calls = 1;
+        let mut last = t1;
+        while sent < BODY {
+            let n = (BODY - sent).min(CALL);
+            last = t.send_len(E, &filler[..(n as usize).min(4096)], n);
+            sent += n;
+            calls += 1;
+        }
+        assert!(calls > 300);
+        let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
+        let mut first = resp.clone().into_bytes();
+        first.extend_from_slice(&filler[..100]);
+        let t2 = t.send_len(I, &first, 65536);
+        let mut got = 65536 - resp.len() as u64;
+        let mut t3 = t2;
+        while got < BODY {
+            let n = (BODY - got).min(65536);
+            t3 = t.send_len(I, &filler[..(n as usize).min(4096)], n);
+            got += n;
+        }
+        let ex = only(&t);
+        assert_eq!(ex.req_body_bytes, BODY);
+        assert_eq!(ex.resp_body_bytes, BODY);
+        assert_eq!(ex.req_header_bytes, head.len() as u64);
+        assert_eq!((ex.req_start_ns, ex.req_end_ns), (t1, last));
+        assert_eq!((ex.resp_start_ns, ex.resp_end_ns), (t2, t3));
+        assert!(ex.complete && !ex.partial);
+        assert_eq!(t.c.stats().bytes_skipped, 0);
+    }
+
+    const CHUNKED_RESP: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n5;name=val\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Checksum: 42\r\nX-More: 1\r\n\r\n";
+    const CHUNKED_HEAD_LEN: u64 = 73;
+
+    fn check_chunked(t: &T) {
+        let ex = only(t);
+        assert_eq!(ex.status, Some(200));
+        assert!(ex.chunked_response);
+        assert_eq!(ex.resp_body_bytes, 31);
+        assert_eq!(ex.resp_header_bytes, CHUNKED_HEAD_LEN);
+        assert!(ex.complete, "{ex:?}");
+    }
+
+    #[test]
+    fn chunked_response_split_at_every_position() {
+        for split in 1..CHUNKED_RESP.len() {
+            let mut t = T::new(Role::Client);
+            t.send(E, &get("/c"));
+            t.send(I, &CHUNKED_RESP[..split]);
+            assert!(t.out.is_empty(), "split {split}");
+            let end = t.send(I, &CHUNKED_RESP[split..]);
+            check_chunked(&t);
+            assert_eq!(t.out[0].resp_end_ns, end);
+            assert_eq!(t.c.stats().parse_errors, 0);
+        }
+    }
+
+    #[test]
+    fn chunked_response_split_at_every_pair_of_positions() {
+        let n = CHUNKED_RESP.len();
+        for a in 1..n {
+            for b in a..n {
+                let mut t = T::new(Role::Client);
+                t.send(E, &get("/c"));
+                t.send(I, &CHUNKED_RESP[..a]);
+                t.send(I, &CHUNKED_RESP[a..b]);
+                t.send(I, &CHUNKED_RESP[b..]);
+                check_chunked(&t);
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_response_byte_by_byte_then_next_exchange() {
+        let mut t = T::new(Role::Client);
+        t.send(E, &get("/c"));
+        for b in CHUNKED_RESP {
+            t.send(I, std::slice::from_ref(b));
+        }
+        check_chunked(&t);
+        // Trailer end must be exact for the next exchange to parse.
+        t.send(E, &get("/next"));
+        t.send(I, &ok("n"));
+        assert_eq!(t.out.len(), 2);
+        assert!(t.out[1].complete);
+    }
+
+    #[test]
+    fn chunked_with_trailers_and_following_response_in_same_chunk() {
+        let mut t = T::new(Role::Client);
+        let mut reqs = get("/1");
+        reqs.extend_from_slice(&get("/2"));
+        t.send(E, &reqs);
+        let mut resps = CHUNKED_RESP.to_vec();
+        resps.extend_from_slice(&ok("second"));
+        t.send(I, &resps);
+        assert_eq!(t.out.len(), 2);
+        assert_eq!(t.out[0].resp_body_bytes, 31);
+        assert_eq!(t.out[1].resp_body_bytes, 6);
+        assert!(t.out.iter().all(|e| e.complete));
+    }
+
+    #[test]
+    fn chunked_request_counts_payload() {
+        let mut t = T::new(Role::Server);
+        t.send(
+            I,
+            b"POST /up HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\nab",
+        );
+        t.send(I, b"cd\r\n3\r\nefg\r");
+        t.send(I, b"\n0\r\n\r\n");
+        t.send(E, &ok(""));
+        let ex = only(&t);
+        assert!(ex.chunked_request);
+        assert_eq!(ex.req_body_bytes, 7);
+        assert!(ex.complete);
+    }
+
+    #[test]
+    fn chunked_framing_lost_in_uncaptured_bytes() {
+        let mut t = T::new(Role::Client);
+        t.send(E, &get("/big"));
+        let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2710\r\n".to_vec();
+        resp.extend_from_slice(&[b'q'; 10000]);
+        resp.extend_from_slice(b"\r\n0\r\n\r\n");
+        let t1 = t.send_captured(I, &resp, 4096);
+        assert!(t.out.is_empty());
+        // The next request ends the response whose end could not be seen.
+        t.send(E, &get("/after"));
+        assert_eq!(t.out.len(), 1);
+        let ex = &t.out[0];
+        assert_eq!(ex.status, Some(200));
+        assert!(ex.partial && !ex.complete);
+        assert!(ex.notes.contains(&"body_framing_lost"));
+        assert_eq!(ex.resp_end_ns, t1);
+        t.send(I, &ok("fine"));
+        assert_eq!(t.out.len(), 2);
+        assert!(t.out[1].complete);
+        assert_eq!(t.out[1].target, "/after");
+    }
+
+    #[test]
+    fn chunked_framing_lost_ends_at_next_status_line() {
+        let mut t = T::new(Role::Client);
+        let mut reqs = get("/1");
+        reqs.extend_from_slice(&get("/2"));
+        t.send(E, &reqs);
+        let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        resp.extend_from_slice(b"1000\r\n");
+        resp.extend_from_slice(&[b'q'; 0x1000]);
+        resp.extend_from_slice(b"\r\n");
+        t.send_captured(I, &resp, 1000);
+        t.send_len(I, b"", 500);
+        t.send(I, &ok("2"));
+        assert_eq!(t.out.len(), 2);
+        assert!(t.out[0].partial);
+        assert!(t.out[1].complete);
+        assert_eq!(t.out[1].status, Some(200));
+    }
+
+    #[test]
+    fn malformed_chunk_size_is_a_parse_error() {
+        let mut t = T::new(Role::Client);
+        t.send(E, &get("/x"));
+        t.send(
+            I,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n",
+        );
+        t.send(E, &get("/y"));
+        t.send(I, &ok("y"));
+        assert_eq!(t.out.len(), 2);
+        assert!(t.out[0].partial && t.out[0].notes.contains(&"body_framing_lost"));
+        assert!(t.out[1].complete);
+        assert_eq!(t.c.stats().parse_errors, 1);
+    }
+
+    #[test]
+    fn head_response_has_no_body() {
+        let mut t = T::new(Role::Client);
+        t.send(E, b"HEAD /file HTTP/1.1\r\nHost: h\r\n\r\n");
+        t.send(I, b"HTTP/1.1 200 OK\r\nContent-Length: 123456\r\n\r\n");
+        t.send(E, &get("/next"));
+        t.send(I, &ok("abc"));
+        assert_eq!(t.out.len(), 2);
+        assert_eq!(t.out[0].method, "HEAD");
+        assert_eq!(t.out[0].resp_body_bytes, 0);
+        assert_eq!(t.out[1].resp_body_bytes, 3);
+        assert!(t.out.iter().all(|e| e.complete));
+    }
+
+    #[test]
+    fn no_body_for_204_and_304() {
+        let mut t = T::new(Role::Client);
+        let mut reqs = get("/a");
+        reqs.extend_from_slice(&get("/b"));
+        reqs.extend_from_slice(&get("/c"));
+        t.send(E, &reqs);
+        t.send(
+            I,
+            b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\nETag: x\r\n\r\n",
+        );
+        t.send(I, &ok("c"));
+        let got: Vec<_> = t
+            .out
+            .iter()
+            .map(|e| (e.status, e.resp_body_bytes, e.complete))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(204), 0, true),
+                (Some(304), 0, true),
+                (Some(200), 1, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn continue_then_final_response() {
+        let mut t = T::new(Role::Client);
+        let t1 = t.send(
+            E,
+            b"POST /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 6\r\n\r\n",
+        );
+        t.send(I, b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(t.out.is_empty());
+        let t2 = t.send(E, b"abcdef");
+        let t3 = t.send(
+            I,
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        );
+        let ex = only(&t);
+        assert_eq!(ex.interim, vec![100, 103]);
+        assert_eq!(ex.status, Some(201));
+        assert_eq!((ex.req_start_ns, ex.req_end_ns), (t1, t2));
+        assert_eq!((ex.resp_start_ns, ex.resp_end_ns), (t3, t3));
+        assert_eq!(ex.req_body_bytes, 6);
+        assert!(ex.complete);
+        assert_eq!(t.c.stats().interim_responses, 2);
+        assert_eq!(t.c.stats().responses, 1);
+    }
+
+    #[test]
+    fn switching_protocols_stops_parsing() {
+        let mut t = T::new(Role::Client);
+        t.send(
+            E,
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        let frame = b"\x81\x05hello";
+        let mut resp =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                .to_vec();
+        resp.extend_from_slice(frame);
+        t.send(I, &resp);
+        let ex = only(&t);
+        assert_eq!(ex.status, Some(101));
+        assert_eq!(ex.upgrade.as_deref(), Some("websocket"));
+        assert!(ex.complete);
+        assert!(t.c.is_upgraded());
+        t.send(E, b"GET / HTTP/1.1\r\n\r\n");
+        t.send(I, b"HTTP/1.1 200 OK\r\n\r\n");
+        t.close();
+        assert_eq!(t.out.len(), 1);
+        let s = t.c.stats();
+        assert_eq!(s.bytes_skipped, (frame.len() + 18 + 19) as u64);
+        assert_eq!(s.parse_errors, 0);
+    }
+
+    #[test]
+    fn connect_tunnel_stops_parsing() {
+        let mut t = T::new(Role::Server);
+        t.send(
+            I,
+            b"CONNECT db:443 HTTP/1.1\r\nHost: db:443\r\nContent-Length: 0\r\n\r\n",
+        );
+        t.send(E, b"HTTP/1.1 200 Connection Established\r\n\r\n");
+        assert!(t.c.is_upgraded());
+        t.send(I, b"\x16\x03\x01\x00\x05hello");
+        let ex = only(&t);
+        assert_eq!(
+            (ex.method.as_str(), ex.target.as_str()),
+            ("CONNECT", "db:443")
+        );
+        assert_eq!(ex.status, Some(200));
+        assert!(ex.upgrade.is_none() && ex.complete);
+        assert_eq!(t.c.stats().bytes_skipped, 10);
+    }
+
+    #[test]
+    fn refused_connect_keeps_parsing() {
+        let mut t = T::new(Role::Client);
+        t.send(E, b"CONNECT db:443 HTTP/1.1\r\n\r\n");
+        t.send(I, b"HTTP/1.1 407 Proxy Auth\r\nContent-Length: 0\r\n\r\n");
+        t.send(E, &get("/x"));
+        t.send(I, &ok(""));
+        assert_eq!(t.out.len(), 2);
+        assert!(!t.c.is_upgraded());
+    }
+
+    #[test]
+    fn response_delimited_by_close() {
+        let mut t = T::new(Role::Client);
+        t.send(E, b"GET /old HTTP/1.0\r\n\r\n");
+        let t1 = t.send(
+            I,
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst ",
+        );
+        let t2 = t.send(I, b"second");
+        assert!(t.out.is_empty());
+        t.close();
+        let ex = only(&t);
+        assert_eq!(ex.version, "1.0");
+        assert_eq!(ex.resp_body_bytes, 12);
+        assert_eq!((ex.resp_start_ns, ex.resp_end_ns), (t1, t2));
+        assert!(ex.complete);
+    }
+
+    #[test]
+    fn request_never_answered_is_flushed_at_close() {
+        let mut t = T::new(Role::Client);
+        let t1 = t.send(E, &get("/lost"));
+        t.close();
+        let ex = only(&t);
+        assert_eq!(ex.status, None);
+        assert!(!ex.complete);
+        assert_eq!(ex.notes, vec!["no_response"]);
+        assert_eq!(
+            (ex.req_start_ns, ex.resp_start_ns, ex.resp_end_ns),
+            (t1, 0, 0)
+        );
+        assert_eq!(t.c.stats().abandoned_requests, 1);
+        // Closing twice and feeding afterwards do nothing.
+        t.close();
+        t.send(E, &get("/late"));
+        assert_eq!(t.out.len(), 1);
+    }
+
+    #[test]
+    fn close_in_the_middle_of_a_body() {
+        let mut t = T::new(Role::Client);
+        t.send(E, &get("/x"));
+        t.send(
+            I,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+        );
+        t.close();
+        let ex = only(&t);
+        assert_eq!(ex.status, Some(200));
+        assert_eq!(ex.resp_body_bytes, 10);
+        assert!(!ex.complete && !ex.partial);
+        assert!(ex.notes.contains(&"closed_before_complete"));
+    }
+
+    #[test]
+    fn unknown_role_decided_by_written_request() {
+        let mut t = T::new(Role::Unknown);
+        t.send(E, &get("/c"));
+        assert_eq!(t.c.role(), Role::Client);
+        t.send(I, &ok("x"));
+        assert!(only(&t).complete);
+    }
+
+    #[test]
+    fn unknown_role_decided_by_read_request() {
+        let mut t = T::new(Role::Unknown);
+        t.send(I, &get("/s"));
+        assert_eq!(t.c.role(), Role::Server);
+        t.send(E, &ok("x"));
+        assert!(only(&t).complete);
+        assert_eq!(t.c.stats().resyncs, 0);
+    }
+
+    #[test]
+    fn mid_stream_join_skips_to_a_request_line() {
+        let mut t = T::new(Role::Unknown);
+        // Tail of a response body and of a request body from before we joined.
+        t.send(I, b"lo world</html>");
+        t.send(E, b"\x00\x01binary\r\n\r\n");
+        assert!(!t.c.is_http());
+        // A response whose request was never seen is counted, not emitted.
+        t.send(I, &ok("orphan"));
+        assert_eq!(t.c.role(), Role::Unknown);
+        t.send(E, &get("/first"));
+        t.send(I, &ok("x"));
+        let ex = only(&t);
+        assert_eq!(ex.target, "/first");
+        assert!(ex.complete);
+        let s = t.c.stats();
+        assert_eq!(s.resyncs, 2);
+        assert_eq!(s.bytes_skipped, 15 + 12);
+        assert_eq!(s.unmatched_responses, 1);
+        assert_eq!(s.parse_errors, 0);
+    }
+
+    #[test]
+    fn garbage_between_messages_resyncs() {
+        let mut t = T::new(Role::Server);
+        t.send(I, &get("/1"));
+        t.send(E, &ok("1"));
+        t.send(I, b"NOT HTTP AT ALL\r\n\r\n");
+        t.send(I, b"more junk");
+        t.send(I, &get("/2"));
+        t.send(E, &ok("2"));
+        assert_eq!(t.out.len(), 2);
+        assert!(t.out.iter().all(|e| e.complete));
+        let s = t.c.stats();
+        assert_eq!(s.parse_errors, 1);
+        assert_eq!(s.resyncs, 1);
+        assert_eq!(s.bytes_skipped, 19 + 9);
+    }
+
+    #[test]
+    fn message_in_wrong_direction() {
+        let mut t = T::new(Role::Client);
+        t.send(E, &get("/1"));
+        // A request arriving where responses are expected.
+        t.send(I, &get("/bogus"));
+        t.send(E, b"HTTP/1.1 200 OK\r\n\r\n");
+        t.send(I, &ok("1"));
+        assert_eq!(only(&t).target, "/1");
+        assert!(only(&t).complete);
+        assert!(t.c.stats().parse_errors >= 2);
+    }
+
+    fn b64(data: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut s = String::new();
+        for g in data.chunks(3) {
+            let n = g
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+            for i in 0..4 {
+                if i <= g.len() {
+                    s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    s.push('=');
+                }
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn base64_decoding() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGVsbG8").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert_eq!(base64_decode("+/+/").unwrap(), vec![0xfb, 0xff, 0xbf]);
+        assert!(base64_decode("a").is_none());
+        assert!(base64_decode("aGVsbG8===").is_none());
+        assert!(base64_decode("aGk").is_some());
+        assert!(base64_decode("aG=k").is_none());
+        assert!(base64_decode("aGVs=").is_none());
+        assert!(base64_decode("a-b_").is_none());
+        for s in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
+            assert_eq!(base64_decode(&b64(s.as_bytes())).unwrap(), s.as_bytes());
+        }
+    }
+
+    #[test]
+    fn sw8_parsing() {
+        let v = format!(
+            "1-{}-{}-3-{}-{}-{}-{}",
+            b64(b"trace.abc.123"),
+            b64(b"segment-9"),
+            b64(b"frontend"),
+            b64(b"pod-1@10.0.0.1"),
+            b64(b"/api/list"),
+            b64(b"backend:8080"),
+        );
+        let tc = parse_sw8(&v).unwrap();
+        assert_eq!(tc.provider, "skywalking");
+        assert_eq!(tc.trace_id, "trace.abc.123");
+        assert_eq!(tc.segment_id.as_deref(), Some("segment-9"));
+        assert_eq!(tc.span_id.as_deref(), Some("3"));
+        assert_eq!(tc.parent_service.as_deref(), Some("frontend"));
+        // Unpadded base64 is accepted too.
+        let unpadded = v.replace('=', "");
+        assert_eq!(parse_sw8(&unpadded), Some(tc));
+        // Bad base64, bad span id, wrong field count, bad sample flag: no trace, no panic.
+        assert!(parse_sw8(&v.replacen(&b64(b"segment-9"), "!!!", 1)).is_none());
+        assert!(parse_sw8(&v.replacen("-3-", "-x-", 1)).is_none());
+        assert!(parse_sw8("1-abc-def").is_none());
+        assert!(parse_sw8(&format!("2{}", &v[1..])).is_none());
+        assert!(parse_sw8("").is_none());
+        // Invalid UTF-8 inside the base64.
+        assert!(parse_sw8(&v.replacen(&b64(b"frontend"), &b64(&[0xff, 0xfe]), 1)).is_none());
+    }
+
+    #[test]
+    fn b3_parsing() {
+        let tc = parse_b3("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")
+            .unwrap();
+        assert_eq!(tc.provider, "zipkin");
+        assert_eq!(tc.trace_id, "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!(tc.span_id.as_deref(), Some("e457b5a2e4d86bd1"));
+        assert!(tc.segment_id.is_none() && tc.parent_service.is_none());
+        assert!(parse_b3("a3ce929d0e0e4736-00f067aa0ba902b7").is_some());
+        assert!(parse_b3("a3ce929d0e0e4736-00f067aa0ba902b7-d").is_some());
+        assert!(parse_b3("0").is_none());
+        assert!(parse_b3("xyz-00f067aa0ba902b7").is_none());
+        assert!(parse_b3("a3ce929d0e0e4736-00f067aa0ba902b7-7").is_none());
+        assert!(parse_b3("a3ce929d0e0e4736-00f067aa0ba902b7-1-00f067aa0ba902b7-9").is_none());
+    }
+
+    #[test]
+    fn trace_headers_on_requests() {
+        let sw8 = format!(
+            "0-{}-{}-1-{}-{}-{}-{}",
+            b64(b"t1"),
+            b64(b"s1"),
+            b64(b"svc-a"),
+            b64(b"i"),
+            b64(b"/e"),
+            b64(b"h:1")
+        );
+        let mut t = T::new(Role::Client);
+        t.send(
+            E,
+            format!("GET /a HTTP/1.1\r\nSW8: {sw8}\r\n\r\n").as_bytes(),
+        );
+        t.send(I, &ok(""));
+        t.send(
+            E,
+            b"GET /b HTTP/1.1\r\nb3: a3ce929d0e0e4736-00f067aa0ba902b7-1\r\n\r\n",
+        );
+        t.send(I, &ok(""));
+        t.send(
+            E,
+            b"GET /c HTTP/1.1\r\nx-b3-traceid: 463ac35c9f6413ad48485a3953bb6124\r\nX-B3-SpanId: a2fb4a1d1a96d312\r\nX-B3-Sampled: 1\r\n\r\n",
+        );
+        t.send(I, &ok(""));
+        t.send(E, b"GET /d HTTP/1.1\r\nsw8: 1-!!-!!-1-a-b-c-d\r\n\r\n");
+        t.send(I, &ok(""));
+        assert_eq!(t.out.len(), 4);
+        let a = t.out[0].trace.as_ref().unwrap();
+        assert_eq!((a.provider, a.trace_id.as_str()), ("skywalking", "t1"));
+        assert_eq!(a.parent_service.as_deref(), Some("svc-a"));
+        let b = t.out[1].trace.as_ref().unwrap();
+        assert_eq!(
+            (b.provider, b.trace_id.as_str()),
+            ("zipkin", "a3ce929d0e0e4736")
+        );
+        let c = t.out[2].trace.as_ref().unwrap();
+        assert_eq!(c.trace_id, "463ac35c9f6413ad48485a3953bb6124");
+        assert_eq!(c.span_id.as_deref(), Some("a2fb4a1d1a96d312"));
+        assert!(t.out[3].trace.is_none());
+    }
+
+    #[test]
+    fn headers_beyond_cap_are_truncated() {
+        let mut t = T::with_cap(Role::Client, 128);
+        let cookie = "c".repeat(500);
+        let req = format!(
+            "POST /form HTTP/1.1\r\nHost: big.example\r\nContent-Length: 3\r\nCookie: {cookie}\r\n\r\nabc"
+        );
+        // Split so buffering is exercised across calls.
+        t.send(E, &req.as_bytes()[..100]);
+        assert!(t.c.buffered_bytes() <= 128);
+        t.send(E, &req.as_bytes()[100..]);
+        assert!(t.c.buffered_bytes() <= 128);
+        t.send(I, &ok("done"));
+        t.send(E, &get("/next"));
+        t.send(I, &ok("n"));
+        assert_eq!(t.out.len(), 2);
+        let ex = &t.out[0];
+        assert_eq!(ex.method, "POST");
+        assert_eq!(ex.target, "/form");
+        assert_eq!(ex.host.as_deref(), Some("big.example"));
+        assert_eq!(ex.status, Some(200));
+        assert!(ex.partial && !ex.complete);
+        assert!(ex.notes.contains(&"headers_truncated"));
+        // Framing seen before the cut still delimits the body exactly.
+        assert_eq!(ex.req_header_bytes, req.len() as u64 - 3);
+        assert_eq!(ex.req_body_bytes, 3);
+        assert!(t.out[1].complete);
+        assert_eq!(t.c.stats().headers_truncated, 1);
+        assert_eq!(t.c.stats().parse_errors, 0);
+    }
+
+    #[test]
+    fn truncated_head_without_framing_ends_at_the_response() {
+        let mut t = T::with_cap(Role::Client, 64);
+        let req = format!("GET /x HTTP/1.1\r\nCookie: {}\r\n\r\n", "k".repeat(300));
+        t.send(E, req.as_bytes());
+        let t2 = t.send(I, &ok("r"));
+        let ex = only(&t);
+        assert_eq!(ex.status, Some(200));
+        assert!(ex.partial && ex.notes.contains(&"headers_truncated"));
+        assert_eq!(ex.resp_end_ns, t2);
+    }
+
+    #[test]
+    fn request_line_longer_than_cap() {
+        let mut t = T::with_cap(Role::Server, 64);
+        let path = format!("/{}", "p".repeat(200));
+        t.send(
+            I,
+            format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes(),
+        );
+        t.send(E, &ok("x"));
+        let ex = only(&t);
+        assert_eq!(ex.method, "GET");
+        assert!(path.starts_with(&ex.target) && ex.target.len() > 50);
+        assert!(ex.partial);
+        assert_eq!(ex.status, Some(200));
+    }
+
+    #[test]
+    fn head_cut_by_capture_limit() {
+        let mut t = T::with_cap(Role::Client, 16384);
+        let req = format!(
+            "GET /cap HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(6000)
+        );
+        t.send_captured(E, req.as_bytes(), 4096);
+        assert_eq!(t.c.buffered_bytes(), 0);
+        t.send(I, &ok("ok"));
+        let ex = only(&t);
+        assert_eq!(ex.target, "/cap");
+        assert_eq!(ex.host.as_deref(), Some("h"));
+        assert!(ex.partial && ex.notes.contains(&"headers_truncated"));
+        assert_eq!(ex.resp_body_bytes, 2);
+    }
+
+    #[test]
+    fn gap_during_response_body() {
+        let mut t = T::new(Role::Client);
+        t.send(E, &get("/1"));
+        t.send(I, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc");
+        t.c.gap(I);
+        t.send(I, &[b'z'; 200]);
+        t.send(E, &get("/2"));
+        t.send(I, &ok("two"));
+        assert_eq!(t.out.len(), 2);
+        assert_eq!(t.out[0].status, Some(200));
+        assert!(t.out[0].partial && t.out[0].notes.contains(&"gap"));
+        assert!(t.out[1].complete);
+        assert_eq!(t.out[1].target, "/2");
+    }
+
+    #[test]
+    fn gap_losing_a_whole_response() {
+        let mut t = T::new(Role::Client);
+        t.send(E, &get("/1"));
+        t.c.gap(I);
+        t.send(E, &get("/2"));
+        t.send(I, &ok("two"));
+        assert_eq!(t.out.len(), 2);
+        assert_eq!(t.out[0].status, None);
+        assert!(t.out[0].notes.contains(&"gap") && t.out[0].notes.contains(&"no_response"));
+        assert_eq!(
+            (t.out[1].target.as_str(), t.out[1].status),
+            ("/2", Some(200))
+        );
+        assert!(t.out[1].complete);
+    }
+
+    #[test]
+    fn gap_losing_a_pipelined_request_never_mispairs() {
+        let mut t = T::new(Role::Client);
+        t.send(E, &get("/1"));
+        t.c.gap(E); // "/2" was in the lost calls
+        t.send(E, &get("/3"));
+        t.send(I, &ok("r1"));
+        t.send(I, &ok("r2"));
+        t.send(I, &ok("r3"));
+        t.close();
+        for ex in &t.out {
+            if ex.target == "/3" {
+                assert_eq!(ex.status, None, "{ex:?}");
+            }
+        }
+        assert_eq!(t.out.len(), 2);
+        assert_eq!(t.out[0].target, "/1");
+        assert_eq!(t.out[0].status, Some(200));
+        assert_eq!(t.out[0].resp_body_bytes, 2);
+        assert!(t.out[1].notes.contains(&"gap"));
+        assert_eq!(t.c.stats().unmatched_responses, 2);
+    }
+
+    #[test]
+    fn pairing_is_trusted_again_after_the_pipeline_drains() {
+        let mut t = T::new(Role::Client);
+        t.send(E, &get("/1"));
+        t.c.gap(E);
+        t.send(I, &ok("r1"));
+        t.send(I, &ok("r2"));
+        // Nothing outstanding when this request starts: its answer is its own.
+        t.send(E, &get("/3"));
+        t.send(I, &ok("r3"));
+        assert_eq!(t.out.len(), 2);
+        assert_eq!(
+            (t.out[1].target.as_str(), t.out[1].resp_body_bytes),
+            ("/3", 2)
+        );
+        assert!(t.out[1].complete);
+        assert_eq!(t.c.stats().unmatched_responses, 1);
+    }
+
+    #[test]
+    fn gap_in_request_head_and_body() {
+        let mut t = T::new(Role::Server);
+        t.send(I, b"POST /a HTTP/1.1\r\nContent-Len");
+        t.c.gap(I);
+        t.send(I, b"gth: 5\r\n\r\nhello");
+        t.send(I, b"POST /b HTTP/1.1\r\nContent-Length: 10\r\n\r\nhello");
+        t.c.gap(I);
+        t.send(E, &ok("b"));
+        t.send(I, &get("/c"));
+        t.send(E, &ok("c"));
+        assert_eq!(t.out.len(), 2, "{:#?}", t.out);
+        assert_eq!(t.out[0].target, "/b");
+        assert_eq!(t.out[0].req_body_bytes, 5);
+        assert!(t.out[0].partial && t.out[0].notes.contains(&"gap"));
+        assert_eq!(t.out[0].status, Some(200));
+        assert!(t.out[1].complete);
+        assert_eq!(t.c.stats().abandoned_requests, 1);
+    }
+
+    #[test]
+    fn pending_queue_is_capped() {
+        let mut t = T::new(Role::Client);
+        for n in 0..MAX_PENDING + 6 {
+            t.send(E, &get(&format!("/{n}")));
+        }
+        assert_eq!(t.c.pending_requests(), MAX_PENDING);
+        assert_eq!(t.out.len(), 6);
+        assert!(t.out.iter().all(|e| e.status.is_none()));
+        assert!(t.out[0].notes.contains(&"queue_overflow"));
+        assert_eq!(t.out[5].target, "/5");
+        // The first six answers belong to the requests given up on.
+        for _ in 0..7 {
+            t.send(I, &ok(""));
+        }
+        assert_eq!(t.c.stats().unmatched_responses, 6);
+        assert_eq!(t.out.len(), 7);
+        assert_eq!(
+            (t.out[6].target.as_str(), t.out[6].status),
+            ("/6", Some(200))
+        );
+    }
+
+    #[test]
+    fn invalid_content_length_loses_framing() {
+        let mut t = T::new(Role::Client);
+        t.send(
+            E,
+            b"POST /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        );
+        t.send(I, &ok(""));
+        t.send(E, &get("/y"));
+        t.send(I, &ok(""));
+        assert_eq!(t.out.len(), 2);
+        assert!(t.out[0].partial && t.out[0].notes.contains(&"body_framing_lost"));
+        assert!(t.out[1].complete);
+        assert_eq!(t.c.stats().parse_errors, 1);
+    }
+
+    #[test]
+    fn content_length_list_of_equal_values() {
+        assert_eq!(merge_content_length(None, b" 5 , 5"), Some(5));
+        assert_eq!(merge_content_length(None, b"5, 6"), None);
+        assert_eq!(merge_content_length(Some(Some(5)), b"5"), Some(5));
+        assert_eq!(merge_content_length(None, b"+5"), None);
+        assert_eq!(merge_content_length(None, b"99999999999999999999999"), None);
+        assert!(last_coding_is_chunked(b"gzip, Chunked "));
+        assert!(!last_coding_is_chunked(b"chunked, gzip"));
+    }
+
+    /// Deterministic xorshift64 so the fuzz run is reproducible without extra crates.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            if n == 0 {
+                0
+            } else {
+                self.next() % n
+            }
+        }
+    }
+
+    const PIECES: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+        b"HEAD /h HTTP/1.0\r\n\r\n",
+        b"CONNECT a:1 HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n0\r\nT: 1\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\nxyz",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+        b"\r\n",
+        b"HTTP/1.",
+        b"GET ",
+        b"0\r\n",
+        b"ffffffffffffffff\r\n",
+        b"Content-Length: 18446744073709551615\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"sw8: 1-YQ-Yg-1-Yw-ZA-ZQ-Zg\r\n",
+        b"b3: a3ce929d0e0e4736-00f067aa0ba902b7\r\n",
+        b"\r\n\r\n",
+        b"\n\n",
+    ];
+
+    #[test]
+    fn random_input_never_panics_and_stays_bounded() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let roles = [Role::Unknown, Role::Client, Role::Server];
+        let mut chunks = 0;
+        let mut exchanges = 0;
+        for round in 0..300 {
+            let cap = [32usize, 64, 100, 512, 4096][round % 5];
+            let mut c = Http1Conn::new(roles[round % 3], cap);
+            let mut out = Vec::new();
+            let mut ts = 0u64;
+            for _ in 0..20 {
+                // Build a call's payload from valid fragments and random bytes.
+                let mut data = Vec::new();
+                for _ in 0..rng.below(6) {
+                    if rng.below(3) == 0 {
+                        for _ in 0..rng.below(40) {
+                            data.push(rng.next() as u8);
+                        }
+                    } else {
+                        let p = PIECES[rng.below(PIECES.len() as u64) as usize];
+                        let from = if rng.below(4) == 0 {
+                            rng.below(p.len() as u64) as usize
+                        } else {
+                            0
+                        };
+                        data.extend_from_slice(&p[from..]);
+                    }
+                }
+                let captured = match rng.below(4) {
+                    0 => rng.below(data.len() as u64 + 1) as usize,
+                    _ => data.len(),
+                };
+                let extra = match rng.below(5) {
+                    0 => rng.below(100_000),
+                    1 => rng.below(10),
+                    _ => 0,
+                };
+                let dir = if rng.below(2) == 0 { E } else { I };
+                ts += rng.below(1000);
+                let chunk = Chunk {
+                    dir,
+                    start_ns: ts,
+                    end_ns: ts,
+                    len: data.len() as u64 + extra,
+                    data: &data[..captured],
+                };
+                c.feed(&chunk, &mut out);
+                chunks += 1;
+                if rng.below(15) == 0 {
+                    c.gap(if rng.below(2) == 0 { E } else { I });
+                }
+                assert!(c.buffered_bytes() <= 2 * cap, "round {round}");
+                assert!(c.pending_requests() <= MAX_PENDING);
+            }
+            c.close(ts + 1, &mut out);
+            assert_eq!(c.buffered_bytes(), 0);
+            assert_eq!(c.pending_requests(), 0);
+            for ex in &out {
+                assert!(!ex.complete || (ex.status.is_some() && !ex.partial));
+                assert!(ex.version == "1.0" || ex.version == "1.1");
+            }
+            exchanges += out.len();
+        }
+        assert!(chunks >= 6000);
+        assert!(exchanges > 0);
+    }
+
+    #[test]
+    fn pure_random_bytes_never_panic() {
+        let mut rng = XorShift(42);
+        for round in 0..50 {
+            let mut c = Http1Conn::new(Role::Unknown, 32 + round * 10);
+            let mut out = Vec::new();
+            for _ in 0..100 {
+                let n = rng.below(300) as usize;
+                let data: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let chunk = Chunk {
+                    dir: if rng.below(2) == 0 { E } else { I },
+                    start_ns: 0,
+                    end_ns: 0,
+                    len: n as u64 + rng.below(3) * rng.below(5000),
+                    data: &data,
+                };
+                c.feed(&chunk, &mut out);
+                assert!(c.buffered_bytes() <= 2 * (32 + round * 10));
+            }
+            c.close(1, &mut out);
+        }
+    }
+}
