@@ -305,16 +305,17 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 					return 0;
 			}
 			st->established_ns = now;
-			if (!(st->flags & ALOG_F_IGNORED))
+			if (!(st->flags & ALOG_F_IGNORED)) {
+				st->flags |= ALOG_F_ANNOUNCED;
 				emit_conn(sk, st, ALOG_CONN_CONNECTED, oldstate, newstate, now);
+			}
 		} else if (oldstate == TCP_SYN_RECV) {
-			/* Softirq context: the owner is not known until the socket is used. */
+			/* Softirq context: the owner is not known until the socket is
+			 * used, so it is announced then (see on_data). */
 			st = new_state(sk, ALOG_ROLE_SERVER, 0);
 			if (!st)
 				return 0;
 			st->established_ns = now;
-			if (!(st->flags & ALOG_F_IGNORED))
-				emit_conn(sk, st, ALOG_CONN_ACCEPTED, oldstate, newstate, now);
 		}
 		return 0;
 	}
@@ -345,6 +346,14 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 		st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
 		if (st && (st->flags & ALOG_F_IGNORED))
 			return 0;
+		if (!st && (filter_pid || filter_cgroup || !port_allowed(sk)))
+			return 0;
+		if (st && !(st->flags & ALOG_F_ANNOUNCED) && (filter_pid || filter_cgroup)) {
+			/* Never used by a process we were asked to watch. */
+			if (!(st->flags & ALOG_F_OWNER_KNOWN) || !pid_allowed(st->tgid) ||
+			    !cgroup_allowed(st->cgroup_id))
+				return 0;
+		}
 		if (st && !(st->flags & ALOG_F_OWNER_KNOWN) && oldstate == TCP_ESTABLISHED) {
 			/* An abortive close() from an established state runs in
 			 * process context too; a reset received does not, so only
@@ -566,17 +575,21 @@ static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir
 		st = new_state(sk, ALOG_ROLE_UNKNOWN, ALOG_F_PREEXISTING);
 		if (!st)
 			return 0;
-		if (!(st->flags & ALOG_F_IGNORED)) {
-			set_owner(st);
-			emit_conn(sk, st, ALOG_CONN_DISCOVERED, 0, 0, now);
-		}
 	}
 	if (st->flags & ALOG_F_IGNORED) {
 		count(ALOG_CNT_FILTERED);
 		return 0;
 	}
-	if (!(st->flags & ALOG_F_OWNER_KNOWN))
+	if (!(st->flags & ALOG_F_ANNOUNCED)) {
+		/* First use of an accepted socket, or of one open before capture. */
 		set_owner(st);
+		st->flags |= ALOG_F_ANNOUNCED;
+		emit_conn(sk, st,
+			  (st->flags & ALOG_F_PREEXISTING) ? ALOG_CONN_DISCOVERED : ALOG_CONN_ACCEPTED,
+			  0, 0, now);
+	} else if (!(st->flags & ALOG_F_OWNER_KNOWN)) {
+		set_owner(st);
+	}
 	if (dir == ALOG_DIR_EGRESS) {
 		st->bytes_sent += ret;
 		st->send_calls += 1;

@@ -24,7 +24,9 @@ enum alog_conn_type {
 	ALOG_CONN_CONNECTED = 1,
 	/* Active open failed (SYN_SENT -> CLOSE: refused, timed out, reset). */
 	ALOG_CONN_CONNECT_FAILED = 2,
-	/* Passive open finished its handshake (SYN_RECV -> ESTABLISHED). */
+	/* Passive open: sent at the first use of an accepted socket, once its owner is
+	 * known (the handshake completes in softirq context, owner unknown), so that
+	 * pid and cgroup filters apply to it. */
 	ALOG_CONN_ACCEPTED = 3,
 	/* First sight of a connection that was open before capture began. */
 	ALOG_CONN_DISCOVERED = 4,
@@ -49,6 +51,7 @@ enum alog_conn_flags {
 	ALOG_F_OWNER_KNOWN = 1 << 5,   /* tgid/comm/cgroup are valid */
 	ALOG_F_IGNORED = 1 << 6,       /* filtered out: no events */
 	ALOG_F_DATA_LOST = 1 << 7,     /* a data event of this socket was dropped */
+	ALOG_F_ANNOUNCED = 1 << 8,     /* user space has had an opening event for it */
 };
 
 /* Direction of a data event. */
