@@ -346,7 +346,7 @@ impl Engine {
         if let Some(h) = c.http.as_mut() {
             let chunk = Chunk {
                 dir: ev.dir,
-                start_ns: ev.ts_ns,
+                start_ns: ev.start_ns,
                 end_ns: ev.ts_ns,
                 len: ev.len,
                 data: ev.payload,

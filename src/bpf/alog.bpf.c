@@ -68,6 +68,7 @@ struct conn_state {
 	__u64 send_calls;
 	__u64 recv_calls;
 	__u64 seq;
+	__u64 send_start_ns;
 	__u32 tgid;
 	__u32 flags;
 	__u8 role;
@@ -606,6 +607,11 @@ static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir
 	e->hdr.kind = ALOG_EV_DATA;
 	e->cookie = st->cookie;
 	e->ts_ns = now;
+	e->start_ns = now;
+	if (dir == ALOG_DIR_EGRESS && st->send_start_ns && st->send_start_ns <= now)
+		e->start_ns = st->send_start_ns;
+	if (dir == ALOG_DIR_EGRESS)
+		st->send_start_ns = 0;
 	e->seq = st->seq++;
 	e->ret = ret;
 	e->cgroup_id = cg;
@@ -624,6 +630,18 @@ static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir
 		return 0;
 	}
 	count(ALOG_CNT_DATA_EVENTS);
+	return 0;
+}
+
+/* Start of a TCP send: the first pass of tcp_sendmsg_locked's copy loop. It times
+ * writes that block on a full send buffer (a slow reader) from their real start. */
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(on_sendmsg_locked, const struct sock *sk)
+{
+	struct conn_state *st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+
+	if (st && !st->send_start_ns && !(st->flags & ALOG_F_IGNORED))
+		st->send_start_ns = bpf_ktime_get_ns();
 	return 0;
 }
 

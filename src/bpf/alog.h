@@ -104,6 +104,8 @@ struct alog_data_event {
 	struct alog_hdr hdr;
 	__u64 cookie;      /* socket cookie: connection identity, never reused */
 	__u64 ts_ns;       /* CLOCK_MONOTONIC at the end of the call */
+	__u64 start_ns;    /* start of the call for TCP sends (first tcp_sendmsg_locked);
+			    * equal to ts_ns for receives, whose start is only waiting */
 	__u64 seq;         /* per-socket data event number, from 0 */
 	__s64 ret;         /* bytes moved by the call */
 	__u64 cgroup_id;

@@ -10,6 +10,8 @@ use crate::protocol::{Direction, Role};
 pub struct DataEvent<'a> {
     pub cookie: u64,
     pub ts_ns: u64,
+    /// Start of the call (sends); equal to `ts_ns` for receives.
+    pub start_ns: u64,
     pub seq: u64,
     pub len: u64,
     pub cgroup_id: u64,
@@ -200,6 +202,11 @@ pub fn decode(data: &[u8]) -> Result<Event<'_>, DecodeError> {
             Ok(Event::Data(DataEvent {
                 cookie: e.cookie,
                 ts_ns: e.ts_ns,
+                start_ns: if e.start_ns == 0 || e.start_ns > e.ts_ns {
+                    e.ts_ns
+                } else {
+                    e.start_ns
+                },
                 seq: e.seq,
                 len: e.ret.max(0) as u64,
                 cgroup_id: e.cgroup_id,

@@ -194,6 +194,7 @@ impl Capture {
             ("tp_btf/inet_sock_set_state", &skel.progs.on_state),
             ("tp_btf/tcp_send_reset", &skel.progs.on_send_reset),
             ("tp_btf/tcp_receive_reset", &skel.progs.on_receive_reset),
+            ("tp_btf/tcp_sendmsg_locked", &skel.progs.on_sendmsg_locked),
             ("tp_btf/sock_send_length", &skel.progs.on_send),
             ("tp_btf/sock_recv_length", &skel.progs.on_recv),
         ];

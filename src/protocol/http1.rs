@@ -339,6 +339,10 @@ pub struct Http1Conn {
     ambiguous: bool,
     /// Requests dropped by the queue cap that were still waiting: their responses come first.
     ghosts: u64,
+    /// Start of the call being fed: a message that begins in it began no earlier. For
+    /// sends this is when the write started (it may have blocked); for receives, when
+    /// the bytes arrived.
+    chunk_start_ns: u64,
 }
 
 fn hi(d: Direction) -> usize {
@@ -371,6 +375,7 @@ impl Http1Conn {
             closed: false,
             ambiguous: role == Role::Unknown,
             ghosts: 0,
+            chunk_start_ns: 0,
         }
     }
 
@@ -414,6 +419,7 @@ impl Http1Conn {
         }
         let d = chunk.dir;
         let ts = chunk.end_ns;
+        self.chunk_start_ns = chunk.start_ns.min(ts);
         self.at_chunk_start(d, data);
         let mut inp = Input {
             known: data,
@@ -602,7 +608,11 @@ impl Http1Conn {
         half.msg = Some(Msg {
             kind: None,
             entry: None,
-            first_ns: ts,
+            first_ns: if self.chunk_start_ns > 0 {
+                self.chunk_start_ns
+            } else {
+                ts
+            },
             last_ns: ts,
             head_bytes: 0,
             body_bytes: 0,
@@ -1618,7 +1628,7 @@ mod tests {
             self.ts += 10;
             let chunk = Chunk {
                 dir,
-                start_ns: self.ts - 5,
+                start_ns: self.ts,
                 end_ns: self.ts,
                 len,
                 data,
@@ -2724,5 +2734,36 @@ mod tests {
             }
             c.close(1, &mut out);
         }
+    }
+
+    #[test]
+    fn request_starts_when_its_write_started() {
+        // A client's write that blocked: the request began at the call's start.
+        let mut c = Http1Conn::new(Role::Client, 4096);
+        let mut out = Vec::new();
+        let req = b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n";
+        c.feed(
+            &Chunk {
+                dir: Direction::Egress,
+                start_ns: 100,
+                end_ns: 900,
+                len: req.len() as u64,
+                data: req,
+            },
+            &mut out,
+        );
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        c.feed(
+            &Chunk {
+                dir: Direction::Ingress,
+                start_ns: 1500,
+                end_ns: 1500,
+                len: resp.len() as u64,
+                data: resp,
+            },
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].req_start_ns, out[0].resp_end_ns), (100, 1500));
     }
 }
