@@ -20,6 +20,19 @@ use crate::resolve::procs::ProcResolver;
 /// protocol detection before it is settled as unknown.
 const DETECT_TRIES_PREEXISTING: u32 = 16;
 
+/// How long the close of a never-seen connection waits for its other end's close.
+const ORPHAN_GRACE_NS: u64 = 1_000_000_000;
+/// Most such closes held at once.
+const MAX_ORPHANS: usize = 4096;
+
+/// A closed, never-seen connection waiting for its other end.
+#[derive(Debug)]
+struct Orphan {
+    deadline_ns: u64,
+    conn: Conn,
+    ev: ConnEvent,
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -67,7 +80,6 @@ struct PeerView {
     owner: Option<Owner>,
     role: Option<Role>,
     http: bool,
-    data_seen: bool,
     connect_start_ns: u64,
     established_ns: u64,
 }
@@ -133,7 +145,6 @@ impl Conn {
             owner: self.owner.clone(),
             role: Some(self.role),
             http: self.proto == Proto::Http1,
-            data_seen: self.data_seen,
             connect_start_ns: self.connect_start_ns,
             established_ns: self.established_ns,
         }
@@ -149,6 +160,7 @@ pub struct Engine {
     by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
     /// Views of linked peers that closed first, by their cookie.
     closed_peers: HashMap<u64, PeerView>,
+    orphans: HashMap<(SocketAddr, SocketAddr), Orphan>,
     user: UserCounters,
     lost: LossCounters,
     http_closed: Http1Stats,
@@ -167,6 +179,7 @@ impl Engine {
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
             closed_peers: HashMap::new(),
+            orphans: HashMap::new(),
             user: UserCounters::default(),
             lost: LossCounters::default(),
             http_closed: Http1Stats::default(),
@@ -257,9 +270,11 @@ impl Engine {
                 self.maybe_evict(ev.ts_ns);
             }
             ConnKind::ConnectFailed | ConnKind::Closed => {
+                let mut orphan = false;
                 let mut c = match self.conns.remove(&ev.cookie) {
                     Some(c) => c,
                     None => {
+                        orphan = true;
                         let mut c = Conn::new(ev.cookie, ev.ts_ns);
                         c.local = Some(ev.local);
                         c.remote = Some(ev.remote);
@@ -284,9 +299,70 @@ impl Engine {
                 if ev.has_data_lost() {
                     c.data_lost = true;
                 }
-                self.finish(c, Some(ev), ev.ts_ns, "");
+                if orphan && ev.kind == ConnKind::Closed {
+                    self.close_orphan(c, ev);
+                } else {
+                    self.finish(c, Some(ev), ev.ts_ns, "");
+                }
             }
         }
+    }
+
+    /// A connection never seen before its close (open before capture, idle since). Its
+    /// other end may be on this node and close a moment later: hold it briefly so that
+    /// the two are written once, as one connection.
+    fn close_orphan(&mut self, mut c: Conn, ev: &ConnEvent) {
+        let key = (ev.local, ev.remote);
+        if let Some(mut other) = self.orphans.remove(&(ev.remote, ev.local)) {
+            c.peer = Some(other.conn.cookie);
+            other.conn.peer = Some(c.cookie);
+            // The client's view goes first, so that the server's record carries it.
+            let c_first = self.effective_role(&c).0 == Role::Client;
+            let (first, first_ev, second, second_ev) = if c_first {
+                (c, ev.clone(), other.conn, other.ev)
+            } else {
+                (other.conn, other.ev, c, ev.clone())
+            };
+            let (a, b) = (first.cookie, second.cookie);
+            self.conns.insert(a, first);
+            self.conns.insert(b, second);
+            for (cookie, e) in [(a, first_ev), (b, second_ev)] {
+                if let Some(conn) = self.conns.remove(&cookie) {
+                    self.finish(conn, Some(&e), e.ts_ns, "");
+                }
+            }
+            return;
+        }
+        if self.orphans.len() >= MAX_ORPHANS {
+            self.flush_orphans(u64::MAX);
+        }
+        self.orphans.insert(
+            key,
+            Orphan {
+                deadline_ns: ev.ts_ns.saturating_add(ORPHAN_GRACE_NS),
+                conn: c,
+                ev: ev.clone(),
+            },
+        );
+    }
+
+    fn flush_orphans(&mut self, now: u64) {
+        let due: Vec<_> = self
+            .orphans
+            .iter()
+            .filter(|(_, o)| o.deadline_ns <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in due {
+            if let Some(o) = self.orphans.remove(&k) {
+                self.finish(o.conn, Some(&o.ev), o.ev.ts_ns, "");
+            }
+        }
+    }
+
+    /// Periodic work: write out held records whose wait is over.
+    pub fn tick(&mut self, now: u64) {
+        self.flush_orphans(now);
     }
 
     pub fn on_data(&mut self, ev: &DataEvent<'_>) {
@@ -367,6 +443,7 @@ impl Engine {
 
     /// Capture is ending: write out every connection still open.
     pub fn finish_all(&mut self, now: u64) {
+        self.flush_orphans(u64::MAX);
         let cookies: Vec<u64> = self.conns.keys().copied().collect();
         for cookie in cookies {
             if let Some(c) = self.conns.remove(&cookie) {
@@ -420,7 +497,7 @@ impl Engine {
     /// written instead.
     fn observed_by(&self, c: &Conn, role: Role, peer: Option<&PeerView>) -> Option<ObservedBy> {
         match (role, peer) {
-            (Role::Server, Some(p)) if p.data_seen || p.owner.is_some() => Some(ObservedBy::Both),
+            (Role::Server, Some(_)) => Some(ObservedBy::Both),
             (Role::Server, _) => Some(ObservedBy::Server),
             (_, Some(p)) => {
                 let peer_is_server = match p.role {

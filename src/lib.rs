@@ -23,4 +23,15 @@ pub fn init_logging(level: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+    // libbpf's own messages (including the verifier's log when a program is refused) go
+    // through the same logger, at debug level, instead of straight to stderr.
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_log)));
+}
+
+fn libbpf_log(level: libbpf_rs::PrintLevel, msg: String) {
+    let msg = msg.trim_end();
+    match level {
+        libbpf_rs::PrintLevel::Debug => tracing::trace!(target: "libbpf", "{msg}"),
+        _ => tracing::debug!(target: "libbpf", "{msg}"),
+    }
 }

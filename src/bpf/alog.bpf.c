@@ -158,7 +158,8 @@ static __always_inline bool port_allowed(const struct sock *sk)
 
 	if (!filter_port)
 		return true;
-	lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* inet_sport, not skc_num: the latter is 0 once the socket is unhashed at close. */
+	lport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
 	rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	return bpf_map_lookup_elem(&port_filter, &lport) ||
 	       bpf_map_lookup_elem(&port_filter, &rport);
@@ -323,7 +324,16 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 
 	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK || newstate == TCP_CLOSE_WAIT) {
 		st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
-		if (!st)
+		if (!st) {
+			/* Open before capture and idle since: track it from here, so that
+			 * its close says who closed first. */
+			if (filter_pid || filter_cgroup)
+				return 0;
+			st = new_state(sk, ALOG_ROLE_UNKNOWN, ALOG_F_PREEXISTING);
+			if (!st)
+				return 0;
+		}
+		if (st->flags & ALOG_F_IGNORED)
 			return 0;
 		if (!st->close_start_ns)
 			st->close_start_ns = now;

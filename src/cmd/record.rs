@@ -3,10 +3,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use crate::capture::{
-    self, Capture, CaptureConfig, DecodeError, Event, EventHandler, KernelCounters,
+    self, Capture, CaptureConfig, CaptureError, DecodeError, Event, EventHandler, KernelCounters,
 };
 use crate::cli::{CaptureArgs, RecordArgs};
 use crate::engine::{Engine, EngineOptions};
@@ -21,7 +19,12 @@ pub fn capture_config(a: &CaptureArgs) -> anyhow::Result<CaptureConfig> {
         .ring_mb
         .checked_mul(1 << 20)
         .filter(|r| r.is_power_of_two())
-        .with_context(|| format!("--ring-mb {} must be a power of two up to 2048", a.ring_mb))?;
+        .ok_or_else(|| {
+            CaptureError::Config(format!(
+                "--ring-mb {} must be a power of two up to 2048",
+                a.ring_mb
+            ))
+        })?;
     Ok(CaptureConfig {
         capture_bytes: a.capture_bytes,
         ring_bytes: ring,
@@ -93,6 +96,8 @@ impl EventHandler for Recorder {
 
     fn on_tick(&mut self, now: u64, counters: &KernelCounters) {
         self.last_counters = *counters;
+        self.engine.tick(now);
+        self.drain();
         if self.stats_every_ns > 0 && now.saturating_sub(self.last_stats_ns) >= self.stats_every_ns
         {
             self.last_stats_ns = now;
