@@ -24,8 +24,9 @@ static: ## Build one statically linked binary ($(STATIC_BIN))
 	@ldd $(STATIC_BIN) 2>&1 | grep -q "statically linked" || ldd $(STATIC_BIN) 2>&1 | grep -q "not a dynamic executable"
 	@ls -l $(STATIC_BIN)
 
-test: ## Run every test: unit tests, then the real-kernel tests (root)
+test: ## Run every test: unit tests, the real-kernel tests (root), then the static binary's
 	$(CARGO) test --release -- --test-threads=1
+	$(MAKE) test-static
 
 test-static: static ## Run the real-kernel capture tests against the static binary
 	K8S_ALOG_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --release --test capture_http1 -- --test-threads=1
