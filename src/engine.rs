@@ -14,7 +14,7 @@ use crate::model::{
 };
 use crate::protocol::http1::{self, Http1Conn, Http1Exchange, Http1Stats};
 use crate::protocol::{Chunk, Direction, Role};
-use crate::resolve::procs::ProcResolver;
+use crate::resolve::Attribution;
 
 /// How many payload-carrying chunks of a connection joined mid-stream are tried for
 /// protocol detection before it is settled as unknown.
@@ -64,7 +64,6 @@ struct Owner {
     pid: u32,
     comm: String,
     cgroup_id: u64,
-    container_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +154,7 @@ impl Conn {
 pub struct Engine {
     opts: EngineOptions,
     clock: Clock,
-    procs: Option<ProcResolver>,
+    attrib: Option<Box<dyn Attribution>>,
     conns: HashMap<u64, Conn>,
     by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
     /// Views of linked peers that closed first, by their cookie.
@@ -171,11 +170,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(opts: EngineOptions, clock: Clock, procs: Option<ProcResolver>, now: u64) -> Self {
+    pub fn new(
+        opts: EngineOptions,
+        clock: Clock,
+        attrib: Option<Box<dyn Attribution>>,
+        now: u64,
+    ) -> Self {
         Self {
             opts,
             clock,
-            procs,
+            attrib,
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
             closed_peers: HashMap::new(),
@@ -262,9 +266,7 @@ impl Engine {
                         pid: ev.tgid,
                         comm: comm_str(&ev.comm),
                         cgroup_id: ev.cgroup_id,
-                        container_id: None,
                     });
-                    resolve_container(&mut self.procs, c.owner.as_mut());
                 }
                 self.link(ev.cookie, ev.local, ev.remote);
                 self.maybe_evict(ev.ts_ns);
@@ -292,9 +294,7 @@ impl Engine {
                         pid: ev.tgid,
                         comm: comm_str(&ev.comm),
                         cgroup_id: ev.cgroup_id,
-                        container_id: None,
                     });
-                    resolve_container(&mut self.procs, c.owner.as_mut());
                 }
                 if ev.has_data_lost() {
                     c.data_lost = true;
@@ -362,6 +362,9 @@ impl Engine {
 
     /// Periodic work: write out held records whose wait is over.
     pub fn tick(&mut self, now: u64) {
+        if let Some(a) = self.attrib.as_mut() {
+            a.tick(now);
+        }
         self.flush_orphans(now);
     }
 
@@ -405,9 +408,7 @@ impl Engine {
                 pid: ev.tgid,
                 comm: comm_str(&ev.comm),
                 cgroup_id: ev.cgroup_id,
-                container_id: None,
             });
-            resolve_container(&mut self.procs, c.owner.as_mut());
         }
 
         if c.proto == Proto::Undecided && !ev.payload.is_empty() {
@@ -528,14 +529,22 @@ impl Engine {
             e.pid = Some(o.pid);
             e.process = Some(o.comm.clone());
             e.cgroup_id = Some(o.cgroup_id);
-            e.container_id = o.container_id.clone();
         }
         e
     }
 
-    fn ends(&self, c: &Conn, role: Role, peer: Option<&PeerView>) -> (Endpoint, Endpoint) {
-        let local = Self::endpoint(c.local, c.owner.as_ref());
-        let remote = Self::endpoint(c.remote, peer.and_then(|p| p.owner.as_ref()));
+    fn ends(&mut self, c: &Conn, role: Role, peer: Option<&PeerView>) -> (Endpoint, Endpoint) {
+        let mut local = Self::endpoint(c.local, c.owner.as_ref());
+        let mut remote = Self::endpoint(c.remote, peer.and_then(|p| p.owner.as_ref()));
+        if let Some(a) = self.attrib.as_mut() {
+            for (ep, other) in [(&mut local, c.remote), (&mut remote, c.local)] {
+                if ep.pid.is_some() {
+                    a.attribute_process(ep);
+                } else {
+                    a.attribute_address(ep, other);
+                }
+            }
+        }
         if role == Role::Client {
             (local, remote)
         } else {
@@ -789,12 +798,6 @@ impl Engine {
                 self.finish(c, None, now, "evicted");
             }
         }
-    }
-}
-
-fn resolve_container(procs: &mut Option<ProcResolver>, owner: Option<&mut Owner>) {
-    if let (Some(p), Some(o)) = (procs.as_mut(), owner) {
-        o.container_id = p.container_id(o.pid, o.cgroup_id);
     }
 }
 

@@ -81,6 +81,23 @@ pub struct Endpoint {
     pub container: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub service: Option<String>,
+    /// The Service address the client dialled, when the connection was translated to
+    /// this end (kube-proxy DNAT); `addr`/`port` are then the real backend.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub via: Option<ServiceAddr>,
+    /// How this end was attributed: "process" (its socket was seen), "pod_ip",
+    /// "service_ip", "conntrack", or "unresolved".
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resolved_by: Option<String>,
+}
+
+/// A Service address a connection was made to.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServiceAddr {
+    pub addr: Option<IpAddr>,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub service: Option<String>,
 }
 
 /// Trace context carried by the request.

@@ -135,7 +135,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         engine: Engine::new(
             engine_options(&args.capture),
             Clock::now(),
-            Some(ProcResolver::new("/proc")),
+            Some(Box::new(ProcResolver::new("/proc"))),
             now,
         ),
         sink,
