@@ -1,4 +1,6 @@
-//! Build script: compiles the BPF programs in `src/bpf/` into a libbpf-rs skeleton in `OUT_DIR`.
+//! Build script: compiles the BPF programs in `src/bpf/` into a libbpf-rs skeleton, and the
+//! protocol definitions in `proto/` into Rust (with protox: no `protoc` needed), both into
+//! `OUT_DIR`.
 
 use std::env;
 use std::path::PathBuf;
@@ -28,4 +30,30 @@ fn main() {
     for f in ["src/bpf/alog.bpf.c", "src/bpf/alog.h", "src/bpf/vmlinux.h"] {
         println!("cargo:rerun-if-changed={f}");
     }
+    compile_protos();
+}
+
+/// Every `proto/*.proto` into tonic clients and servers in `OUT_DIR`.
+fn compile_protos() {
+    println!("cargo:rerun-if-changed=proto");
+    let mut files: Vec<PathBuf> = std::fs::read_dir("proto")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if files.is_empty() {
+        return;
+    }
+    files.sort();
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let fds = protox::compile(&files, ["proto"]).expect("parsing proto/*.proto");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)
+        .expect("generating Rust from proto/*.proto");
 }
