@@ -70,6 +70,59 @@ pub struct CaptureArgs {
     pub max_connections: usize,
 }
 
+/// Where Kubernetes metadata comes from. Whatever is present is used, best first: the
+/// CRI socket, containerd's task bundles, the kubelet's pod directories, the API.
+#[derive(Debug, Clone, Args)]
+pub struct K8sArgs {
+    /// Root of the host's filesystem (when running in a container with it mounted).
+    #[arg(long, env = "K8S_ALOG_HOST_ROOT", default_value = "/")]
+    pub host_root: PathBuf,
+
+    /// CRI socket of the container runtime (repeatable; default: probe containerd's and CRI-O's).
+    #[arg(
+        long = "cri-socket",
+        env = "K8S_ALOG_CRI_SOCKETS",
+        value_delimiter = ','
+    )]
+    pub cri_sockets: Vec<PathBuf>,
+
+    /// containerd's task-bundle directory for the k8s.io namespace.
+    #[arg(
+        long,
+        env = "K8S_ALOG_CONTAINERD_STATE",
+        default_value = "/run/containerd/io.containerd.runtime.v2.task/k8s.io"
+    )]
+    pub containerd_state: PathBuf,
+
+    /// The kubelet's pod log directory (`<namespace>_<pod>_<uid>/<container>/`).
+    #[arg(
+        long,
+        env = "K8S_ALOG_KUBELET_PODS_DIR",
+        default_value = "/var/log/pods"
+    )]
+    pub kubelet_pods_dir: PathBuf,
+
+    /// kubeconfig for the optional Kubernetes API (in-cluster credentials are used when present).
+    #[arg(long, env = "K8S_ALOG_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubernetes API server URL (overrides the kubeconfig's).
+    #[arg(long, env = "K8S_ALOG_API_SERVER")]
+    pub api_server: Option<String>,
+
+    /// Cluster name: services are written `cluster::svc.ns`.
+    #[arg(long, env = "K8S_ALOG_CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// This node's name (default: the host name).
+    #[arg(long, env = "K8S_ALOG_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// No Kubernetes attribution: container ids only.
+    #[arg(long, env = "K8S_ALOG_NO_K8S")]
+    pub no_k8s: bool,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RecordArgs {
     /// Output file (JSON Lines, created with mode 0600); `-` for stdout.
@@ -86,4 +139,7 @@ pub struct RecordArgs {
 
     #[command(flatten)]
     pub capture: CaptureArgs,
+
+    #[command(flatten)]
+    pub k8s: K8sArgs,
 }
