@@ -21,7 +21,7 @@ pub struct Cli {
 pub enum Command {
     /// Write one JSON object per access-log record (HTTP exchange, connection, statistics).
     #[command(after_help = RECORD_EXAMPLES)]
-    Record(RecordArgs),
+    Record(Box<RecordArgs>),
     /// Live dashboard of services, pods, latency and errors (not yet available).
     Top,
     /// Stream access logs to Apache SkyWalking OAP (not yet available).

@@ -9,10 +9,13 @@ use std::net::SocketAddr;
 use crate::capture::skel::types::alog_conn_flags as F;
 use crate::capture::{comm_str, ConnEvent, ConnKind, DataEvent, KernelCounters};
 use crate::model::{
-    Clock, ConnectionRecord, Endpoint, Handshake, HttpRecord, LossCounters, MessageSize,
-    ObservedBy, Record, RoleSource, StatsRecord, TcpFigures, Trace, UserCounters, SCHEMA_VERSION,
+    grpc_status_name, Clock, ConnectionRecord, Endpoint, GrpcCall, Handshake, HttpRecord,
+    LossCounters, MessageSize, ObservedBy, Record, RoleSource, StatsRecord, TcpFigures, Trace,
+    UserCounters, SCHEMA_VERSION,
 };
-use crate::protocol::http1::{self, Http1Conn, Http1Exchange, Http1Stats};
+use crate::protocol::http1::{Http1Exchange, Http1Stats};
+use crate::protocol::http2::{H2Exchange, H2Stats};
+use crate::protocol::l7::{self, Exchange, Parser};
 use crate::protocol::{Chunk, Direction, Role};
 use crate::resolve::Attribution;
 
@@ -70,6 +73,9 @@ struct Owner {
 enum Proto {
     Undecided,
     Http1,
+    Http2,
+    /// TLS records whose plaintext has not been seen.
+    Tls,
     Unknown,
 }
 
@@ -98,12 +104,14 @@ struct Conn {
     owner: Option<Owner>,
     proto: Proto,
     detect_tries: u32,
-    http: Option<Http1Conn>,
+    http: Option<Parser>,
     next_seq: u64,
     exchanges: u64,
     peer: Option<u64>,
     data_seen: bool,
     data_lost: bool,
+    /// TLS seen on it (plaintext from a TLS library, or TLS records).
+    tls: bool,
     bytes_sent: u64,
     bytes_recv: u64,
     send_calls: u64,
@@ -132,6 +140,7 @@ impl Conn {
             peer: None,
             data_seen: false,
             data_lost: false,
+            tls: false,
             bytes_sent: 0,
             bytes_recv: 0,
             send_calls: 0,
@@ -143,7 +152,7 @@ impl Conn {
         PeerView {
             owner: self.owner.clone(),
             role: Some(self.role),
-            http: self.proto == Proto::Http1,
+            http: self.http.is_some(),
             connect_start_ns: self.connect_start_ns,
             established_ns: self.established_ns,
         }
@@ -163,10 +172,11 @@ pub struct Engine {
     user: UserCounters,
     lost: LossCounters,
     http_closed: Http1Stats,
+    h2_closed: H2Stats,
     started_mono_ns: u64,
     /// Records produced and not yet taken by the caller.
     pub out: Vec<Record>,
-    scratch: Vec<http1::Http1Exchange>,
+    scratch: Vec<Exchange>,
 }
 
 impl Engine {
@@ -187,6 +197,7 @@ impl Engine {
             user: UserCounters::default(),
             lost: LossCounters::default(),
             http_closed: Http1Stats::default(),
+            h2_closed: H2Stats::default(),
             started_mono_ns: now,
             out: Vec::new(),
             scratch: Vec::new(),
@@ -197,11 +208,24 @@ impl Engine {
         let mut u = self.user;
         u.connections_open = self.conns.len() as u64;
         let mut s = self.http_closed.clone();
+        let mut s2 = self.h2_closed.clone();
         for c in self.conns.values() {
             if let Some(h) = &c.http {
-                add_stats(&mut s, h.stats());
+                if let Some(x) = h.http1_stats() {
+                    add_stats(&mut s, x);
+                }
+                if let Some(x) = h.http2_stats() {
+                    add_h2_stats(&mut s2, x);
+                }
             }
         }
+        u.http2_streams = s2.streams;
+        u.http2_resyncs = s2.resyncs;
+        u.http2_hpack_errors = s2.hpack_errors;
+        u.http2_hpack_fields_unknown = s2.hpack_fields_unknown;
+        u.http2_streams_cut = s2.streams_cut;
+        u.http2_header_blocks_cut = s2.header_blocks_cut;
+        u.http2_parse_errors = s2.parse_errors;
         u.http_parse_errors = s.parse_errors;
         u.http_resyncs = s.resyncs;
         u.http_headers_truncated = s.headers_truncated;
@@ -413,11 +437,24 @@ impl Engine {
 
         if c.proto == Proto::Undecided && !ev.payload.is_empty() {
             c.detect_tries += 1;
-            if http1::detect(ev.payload).is_some() {
-                c.proto = Proto::Http1;
-                c.http = Some(Http1Conn::new(c.role, self.opts.max_header_bytes));
-            } else if !c.preexisting || c.detect_tries >= DETECT_TRIES_PREEXISTING {
-                c.proto = Proto::Unknown;
+            match l7::detect(ev.payload) {
+                l7::Detected::Http1 => {
+                    c.proto = Proto::Http1;
+                    c.http = Some(Parser::http1(c.role, self.opts.max_header_bytes));
+                }
+                l7::Detected::Http2 { preface } => {
+                    c.proto = Proto::Http2;
+                    // Without the preface, or on a connection open before capture, the
+                    // HPACK tables' earlier state is unknown.
+                    let from_start = preface || !c.preexisting;
+                    c.http = Some(Parser::http2(c.role, from_start));
+                }
+                l7::Detected::Tls => c.proto = Proto::Tls,
+                l7::Detected::Unknown => {
+                    if !c.preexisting || c.detect_tries >= DETECT_TRIES_PREEXISTING {
+                        c.proto = Proto::Unknown;
+                    }
+                }
             }
         }
         if let Some(h) = c.http.as_mut() {
@@ -433,6 +470,9 @@ impl Engine {
             if c.role == Role::Unknown && h.role() != Role::Unknown {
                 c.role = h.role();
                 c.role_source = RoleSource::Payload;
+            }
+            if c.proto == Proto::Http1 && h.is_http2() {
+                c.proto = Proto::Http2;
             }
             for x in done.drain(..) {
                 self.emit_http(&mut c, x);
@@ -552,7 +592,7 @@ impl Engine {
         }
     }
 
-    fn emit_http(&mut self, c: &mut Conn, x: Http1Exchange) {
+    fn emit_http(&mut self, c: &mut Conn, x: Exchange) {
         c.exchanges += 1;
         let role = if c.role == Role::Unknown {
             self.effective_role(c).0
@@ -560,35 +600,54 @@ impl Engine {
             c.role
         };
         let peer = self.peer_view(c);
-        // A linked peer that speaks HTTP writes the exchange if it is the server.
+        // A linked peer that parses the same traffic writes the exchange if it is the server.
         let peer_http = peer.as_ref().filter(|p| p.http);
         let Some(observed_by) = self.observed_by(c, role, peer_http) else {
             self.user.deduplicated += 1;
             return;
         };
         let (client, server) = self.ends(c, role, peer.as_ref());
-        let (path, query) = split_target(&x.target);
-        let query = if self.opts.keep_query { query } else { None };
+        let mut rec = match x {
+            Exchange::Http1(x) => self.http1_record(x),
+            Exchange::Http2(x) => self.http2_record(x),
+        };
+        rec.conn_id = c.cookie;
+        rec.observed_by = observed_by;
+        rec.client = client;
+        rec.server = server;
+        rec.tls = c.tls;
+        if rec.partial {
+            self.user.partial_records += 1;
+        }
+        self.user.http_records += 1;
+        self.out.push(Record::Http(rec));
+    }
+
+    fn path_and_query(&self, target: &str) -> (String, Option<String>) {
+        let (path, query) = split_target(target);
+        (path, if self.opts.keep_query { query } else { None })
+    }
+
+    /// The parts of a record that come from an HTTP/1 exchange.
+    fn http1_record(&self, x: Http1Exchange) -> HttpRecord {
+        let (path, query) = self.path_and_query(&x.target);
         let end = if x.resp_end_ns > 0 {
             x.resp_end_ns
         } else {
             x.req_end_ns
         };
-        if x.partial {
-            self.user.partial_records += 1;
-        }
-        self.user.http_records += 1;
-        self.out.push(Record::Http(HttpRecord {
+        let error = x.status.is_none_or(|s| s >= 500);
+        HttpRecord {
             v: SCHEMA_VERSION,
             time: self.clock.rfc3339(end),
-            conn_id: c.cookie,
-            observed_by,
-            client,
-            server,
+            conn_id: 0,
+            observed_by: ObservedBy::Server,
+            client: Endpoint::default(),
+            server: Endpoint::default(),
             protocol: format!("HTTP/{}", x.version),
             tls: false,
-            method: x.method,
-            path,
+            method: Some(x.method),
+            path: Some(path),
             query,
             host: x.host,
             user_agent: x.user_agent,
@@ -614,17 +673,94 @@ impl Engine {
             },
             interim: x.interim,
             upgrade: x.upgrade,
-            trace: x.trace.map(|t| Trace {
-                provider: t.provider.to_string(),
-                trace_id: t.trace_id,
-                segment_id: t.segment_id,
-                span_id: t.span_id,
-                parent_service: t.parent_service,
-            }),
+            trace: x.trace.map(trace_of),
+            stream_id: None,
+            grpc: None,
+            reset_code: None,
+            error,
             complete: x.complete,
             partial: x.partial,
             notes: x.notes.iter().map(|s| s.to_string()).collect(),
-        }));
+        }
+    }
+
+    /// The parts of a record that come from an HTTP/2 stream.
+    fn http2_record(&self, x: H2Exchange) -> HttpRecord {
+        let (path, query) = match x.path.as_deref() {
+            Some(t) => {
+                let (p, q) = self.path_and_query(t);
+                (Some(p), q)
+            }
+            None => (None, None),
+        };
+        let grpc = if x.grpc {
+            let (service, method) = grpc_parts(path.as_deref().unwrap_or(""));
+            Some(GrpcCall {
+                service,
+                method,
+                status: x.grpc_status,
+                status_name: x.grpc_status.map(|c| grpc_status_name(c).to_string()),
+                message: x.grpc_message.clone(),
+                request_messages: x.req_messages,
+                response_messages: x.resp_messages,
+                trailers_only: x.trailers_only,
+            })
+        } else {
+            None
+        };
+        let error = x.status.is_none_or(|s| s >= 500)
+            || x.reset_code.is_some()
+            || (x.grpc && x.grpc_status.is_none_or(|g| g != 0));
+        let end = if x.resp_end_ns > 0 {
+            x.resp_end_ns
+        } else {
+            x.req_end_ns.max(x.req_start_ns)
+        };
+        HttpRecord {
+            v: SCHEMA_VERSION,
+            time: self.clock.rfc3339(end),
+            conn_id: 0,
+            observed_by: ObservedBy::Server,
+            client: Endpoint::default(),
+            server: Endpoint::default(),
+            protocol: "HTTP/2".to_string(),
+            tls: false,
+            method: x.method,
+            path,
+            query,
+            host: x.authority,
+            user_agent: x.user_agent,
+            status: x.status,
+            content_type: x.content_type,
+            request: MessageSize {
+                header_bytes: x.req_header_bytes,
+                body_bytes: x.req_body_bytes,
+                chunked: false,
+            },
+            response: MessageSize {
+                header_bytes: x.resp_header_bytes,
+                body_bytes: x.resp_body_bytes,
+                chunked: false,
+            },
+            start_mono_ns: x.req_start_ns,
+            end_mono_ns: x.resp_end_ns,
+            start_time: self.clock.rfc3339(x.req_start_ns),
+            duration_ns: if x.resp_end_ns > 0 && x.req_start_ns > 0 {
+                x.resp_end_ns.saturating_sub(x.req_start_ns)
+            } else {
+                0
+            },
+            interim: Vec::new(),
+            upgrade: None,
+            trace: x.trace.map(trace_of),
+            stream_id: Some(x.stream_id),
+            grpc,
+            reset_code: x.reset_code,
+            error,
+            complete: x.complete,
+            partial: x.partial,
+            notes: x.notes.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     /// Close out a connection: flush its parser, write its record (unless its peer's
@@ -641,7 +777,12 @@ impl Engine {
                 self.emit_http(&mut c, x);
             }
             self.scratch = done;
-            add_stats(&mut self.http_closed, h.stats());
+            if let Some(x) = h.http1_stats() {
+                add_stats(&mut self.http_closed, x);
+            }
+            if let Some(x) = h.http2_stats() {
+                add_h2_stats(&mut self.h2_closed, x);
+            }
             c.http = Some(h);
         }
         if let (Some(l), Some(r)) = (c.local, c.remote) {
@@ -651,7 +792,9 @@ impl Engine {
         }
         match c.proto {
             Proto::Http1 => self.user.connections_by_protocol_http1 += 1,
-            _ => self.user.connections_by_protocol_unknown += 1,
+            Proto::Http2 => self.user.connections_by_protocol_http2 += 1,
+            Proto::Tls => self.user.connections_by_protocol_tls += 1,
+            Proto::Undecided | Proto::Unknown => self.user.connections_by_protocol_unknown += 1,
         }
         let (role, role_source) = self.effective_role(&c);
         let peer = self.peer_view(&c);
@@ -760,10 +903,13 @@ impl Engine {
             client,
             server,
             protocol: match c.proto {
-                Proto::Http1 => "http1".to_string(),
-                _ => "unknown".to_string(),
-            },
-            tls: false,
+                Proto::Http1 => "http1",
+                Proto::Http2 => "http2",
+                Proto::Tls => "tls",
+                Proto::Undecided | Proto::Unknown => "unknown",
+            }
+            .to_string(),
+            tls: c.tls || c.proto == Proto::Tls,
             preexisting: c.preexisting,
             handshake,
             bytes_client_to_server: c2s,
@@ -799,6 +945,42 @@ impl Engine {
             }
         }
     }
+}
+
+fn trace_of(t: crate::protocol::http1::TraceContext) -> Trace {
+    Trace {
+        provider: t.provider.to_string(),
+        trace_id: t.trace_id,
+        segment_id: t.segment_id,
+        span_id: t.span_id,
+        parent_service: t.parent_service,
+    }
+}
+
+/// `/package.Service/Method` to (`package.Service`, `Method`).
+fn grpc_parts(path: &str) -> (String, String) {
+    let p = path.trim_start_matches('/');
+    match p.rsplit_once('/') {
+        Some((svc, m)) => (svc.to_string(), m.to_string()),
+        None => (p.to_string(), String::new()),
+    }
+}
+
+fn add_h2_stats(acc: &mut H2Stats, s: &H2Stats) {
+    acc.frames += s.frames;
+    acc.streams += s.streams;
+    acc.resyncs += s.resyncs;
+    acc.hpack_errors += s.hpack_errors;
+    acc.hpack_fields_unknown += s.hpack_fields_unknown;
+    acc.streams_cut += s.streams_cut;
+    acc.header_blocks_cut += s.header_blocks_cut;
+    acc.bytes_skipped += s.bytes_skipped;
+    acc.goaways += s.goaways;
+    acc.rst_streams += s.rst_streams;
+    acc.push_promises_ignored += s.push_promises_ignored;
+    acc.parse_errors += s.parse_errors;
+    acc.hpack_downgrades += s.hpack_downgrades;
+    acc.streams_evicted += s.streams_evicted;
 }
 
 fn add_stats(acc: &mut Http1Stats, s: &Http1Stats) {

@@ -137,9 +137,13 @@ pub struct HttpRecord {
     /// "HTTP/1.1", "HTTP/1.0".
     pub protocol: String,
     pub tls: bool,
-    pub method: String,
-    /// Request path, without the query string unless `--keep-query`.
-    pub path: String,
+    /// Request method; absent only when the request's headers were not seen (partial).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub method: Option<String>,
+    /// Request path without the query string (unless `--keep-query`); for gRPC
+    /// `/package.Service/Method`. Absent only when the request was not seen.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub query: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -166,12 +170,71 @@ pub struct HttpRecord {
     pub upgrade: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub trace: Option<Trace>,
+    /// HTTP/2 stream id.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stream_id: Option<u32>,
+    /// gRPC call details, when the exchange is a gRPC call.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grpc: Option<GrpcCall>,
+    /// HTTP/2 RST_STREAM error code, when the stream was reset.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reset_code: Option<u32>,
+    /// The exchange failed: a 5xx status, a gRPC status other than OK (even under a 200),
+    /// a reset stream, or no response at all.
+    pub error: bool,
     /// Both messages were seen whole with exact framing.
     pub complete: bool,
     /// Joined mid-stream, lost events, truncated headers or lost body framing.
     pub partial: bool,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub notes: Vec<String>,
+}
+
+/// A gRPC call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrpcCall {
+    /// `package.Service` from the path.
+    pub service: String,
+    /// `Method` from the path.
+    pub method: String,
+    /// `grpc-status`, from the trailers (or a trailers-only response).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<u32>,
+    /// Its name: `OK`, `NOT_FOUND`, `UNAVAILABLE`, ...
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status_name: Option<String>,
+    /// `grpc-message`, percent-decoded.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message: Option<String>,
+    /// Length-prefixed messages each way (1 for unary; any number when streaming).
+    pub request_messages: u64,
+    pub response_messages: u64,
+    /// The response carried no messages, only a status in its headers.
+    pub trailers_only: bool,
+}
+
+/// Name of a gRPC status code.
+pub fn grpc_status_name(code: u32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(code as usize).copied().unwrap_or("UNKNOWN_CODE")
 }
 
 /// Handshake of a connection.
@@ -260,6 +323,9 @@ pub struct UserCounters {
     pub deduplicated: u64,
     pub connections_open: u64,
     pub connections_by_protocol_http1: u64,
+    pub connections_by_protocol_http2: u64,
+    /// Connections carrying TLS whose plaintext was not seen (no probe for its library).
+    pub connections_by_protocol_tls: u64,
     pub connections_by_protocol_unknown: u64,
     pub partial_records: u64,
     pub http_parse_errors: u64,
@@ -267,6 +333,14 @@ pub struct UserCounters {
     pub http_headers_truncated: u64,
     pub http_unmatched_responses: u64,
     pub http_abandoned_requests: u64,
+    pub http2_streams: u64,
+    pub http2_resyncs: u64,
+    pub http2_hpack_errors: u64,
+    /// Header fields that could not be decoded (dynamic-table state lost before joining).
+    pub http2_hpack_fields_unknown: u64,
+    pub http2_streams_cut: u64,
+    pub http2_header_blocks_cut: u64,
+    pub http2_parse_errors: u64,
 }
 
 /// Losses, by cause.

@@ -1561,7 +1561,7 @@ fn base64_text(s: &str) -> Option<String> {
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
-    if pad > 2 || (pad > 0 && b.len() % 4 != 0) {
+    if pad > 2 || (pad > 0 && !b.len().is_multiple_of(4)) {
         return None;
     }
     let body = &b[..b.len() - pad];

@@ -1,6 +1,8 @@
 //! L7 protocol parsing: turns the byte streams of one connection into exchanges.
 
 pub mod http1;
+pub mod http2;
+pub mod l7;
 
 /// Which way bytes moved, from the point of view of the traced socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
