@@ -23,6 +23,9 @@ use crate::resolve::Attribution;
 /// protocol detection before it is settled as unknown.
 const DETECT_TRIES_PREEXISTING: u32 = 16;
 
+/// How long an HTTP/2 stream that lost frames may stay quiet before it is written out.
+const H2_LOST_IDLE_NS: u64 = 5_000_000_000;
+
 /// How long the close of a never-seen connection waits for its other end's close.
 const ORPHAN_GRACE_NS: u64 = 1_000_000_000;
 /// Most such closes held at once.
@@ -390,6 +393,31 @@ impl Engine {
             a.tick(now);
         }
         self.flush_orphans(now);
+        self.expire_lost_streams(now);
+    }
+
+    /// HTTP/2 streams that lost frames and went quiet are written out incomplete.
+    fn expire_lost_streams(&mut self, now: u64) {
+        let h2: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.http.as_ref().is_some_and(|h| h.is_http2()))
+            .map(|(k, _)| *k)
+            .collect();
+        for cookie in h2 {
+            let Some(mut c) = self.conns.remove(&cookie) else {
+                continue;
+            };
+            let mut done = std::mem::take(&mut self.scratch);
+            if let Some(h) = c.http.as_mut() {
+                h.expire(now, H2_LOST_IDLE_NS, &mut done);
+            }
+            for x in done.drain(..) {
+                self.emit_http(&mut c, x);
+            }
+            self.scratch = done;
+            self.conns.insert(cookie, c);
+        }
     }
 
     pub fn on_data(&mut self, ev: &DataEvent<'_>) {

@@ -321,6 +321,18 @@ impl Input<'_> {
     }
 }
 
+/// The rest of a call after the message that switched protocols (101, CONNECT 2xx).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub dir: Direction,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// The captured part.
+    pub data: Vec<u8>,
+    /// All of it, captured or not.
+    pub len: u64,
+}
+
 /// HTTP/1 state of one TCP connection.
 #[derive(Debug)]
 pub struct Http1Conn {
@@ -339,6 +351,8 @@ pub struct Http1Conn {
     ambiguous: bool,
     /// Requests dropped by the queue cap that were still waiting: their responses come first.
     ghosts: u64,
+    /// Bytes that followed an upgrade in the call that carried it.
+    leftover: Option<Leftover>,
     /// Start of the call being fed: a message that begins in it began no earlier. For
     /// sends this is when the write started (it may have blocked); for receives, when
     /// the bytes arrived.
@@ -376,6 +390,7 @@ impl Http1Conn {
             ambiguous: role == Role::Unknown,
             ghosts: 0,
             chunk_start_ns: 0,
+            leftover: None,
         }
     }
 
@@ -389,6 +404,11 @@ impl Http1Conn {
     }
 
     /// True when the connection stopped being HTTP/1 (101, or a 2xx answer to CONNECT).
+    /// After an upgrade: the bytes of the same call that followed the switch, once.
+    pub fn take_upgrade_leftover(&mut self) -> Option<Leftover> {
+        self.leftover.take()
+    }
+
     pub fn is_upgraded(&self) -> bool {
         self.upgraded
     }
@@ -430,6 +450,14 @@ impl Http1Conn {
         let mut guard = data.len().saturating_mul(4).saturating_add(64);
         while !inp.is_empty() {
             if self.upgraded {
+                // Bytes after the switch belong to the new protocol: keep them for it.
+                self.leftover = Some(Leftover {
+                    dir: d,
+                    start_ns: chunk.start_ns,
+                    end_ns: ts,
+                    data: inp.known.to_vec(),
+                    len: inp.total(),
+                });
                 self.stats.bytes_skipped += inp.consume_all();
                 break;
             }

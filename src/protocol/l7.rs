@@ -126,10 +126,11 @@ impl Parser {
                 out.push(Exchange::Http1(x));
             }
         }
-        if let (Some(x), Inner::H1(h)) = (upgrade, &self.inner) {
+        if let (Some(x), Inner::H1(h)) = (upgrade, &mut self.inner) {
             let role = h.role();
             self.h1_done = Some(h.stats().clone());
-            let c = H2Conn::after_h2c_upgrade(
+            let leftover = h.take_upgrade_leftover();
+            let mut c = H2Conn::after_h2c_upgrade(
                 role,
                 H2Limits::default(),
                 x.method,
@@ -138,7 +139,28 @@ impl Parser {
                 x.req_start_ns,
                 x.req_header_bytes,
             );
+            // The server's first HTTP/2 frames often share the 101's write.
+            if let Some(l) = leftover.filter(|l| l.len > 0) {
+                let chunk = Chunk {
+                    dir: l.dir,
+                    start_ns: l.start_ns,
+                    end_ns: l.end_ns,
+                    len: l.len,
+                    data: &l.data,
+                };
+                c.feed(&chunk, &mut self.scratch2);
+                out.extend(self.scratch2.drain(..).map(Exchange::Http2));
+            }
             self.inner = Inner::H2(Box::new(c));
+        }
+    }
+
+    /// HTTP/2 streams that lost frames and stayed idle for `idle_ns` are written out
+    /// (incomplete) instead of waiting for the connection to close.
+    pub fn expire(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<Exchange>) {
+        if let Inner::H2(h) = &mut self.inner {
+            h.expire_lost(now_ns, idle_ns, &mut self.scratch2);
+            out.extend(self.scratch2.drain(..).map(Exchange::Http2));
         }
     }
 
@@ -247,6 +269,7 @@ mod tests {
         // Client preface and SETTINGS, then the server's response on stream 1:
         // HEADERS (:status 200, indexed 0x88) with END_STREAM|END_HEADERS.
         let mut cl = http2::PREFACE.to_vec();
+        // (The server's frames below come in a later write; see the next test for both in one.)
         cl.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
         p.feed(&chunk(Direction::Ingress, 30, &cl), &mut out);
         let sv = [0u8, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 1, 1, 5, 0, 0, 0, 1, 0x88];
@@ -258,6 +281,34 @@ mod tests {
                 assert_eq!(x.path.as_deref(), Some("/up"));
                 assert_eq!(x.status, Some(200));
                 assert_eq!((x.req_start_ns, x.resp_end_ns), (10, 40));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn h2c_frames_in_the_same_write_as_the_101_are_not_lost() {
+        let mut p = Parser::http1(Role::Server, 4096);
+        let mut out = Vec::new();
+        p.feed(
+            &chunk(
+                Direction::Ingress,
+                10,
+                b"GET /same HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+            ),
+            &mut out,
+        );
+        let mut sv =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec();
+        sv.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 1, 1, 5, 0, 0, 0, 1, 0x88]);
+        p.feed(&chunk(Direction::Egress, 20, &sv), &mut out);
+        assert!(p.is_http2());
+        assert_eq!(out.len(), 1, "{out:?}");
+        match &out[0] {
+            Exchange::Http2(x) => {
+                assert_eq!((x.stream_id, x.status), (1, Some(200)));
+                assert_eq!(x.path.as_deref(), Some("/same"));
             }
             other => panic!("{other:?}"),
         }
