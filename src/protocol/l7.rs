@@ -192,6 +192,14 @@ impl Parser {
         }
     }
 
+    /// Bytes held in the parser's buffers (bounded by its limits).
+    pub fn buffered_bytes(&self) -> usize {
+        match &self.inner {
+            Inner::H1(h) => h.buffered_bytes(),
+            Inner::H2(h) => h.buffered_bytes(),
+        }
+    }
+
     pub fn is_http2(&self) -> bool {
         matches!(self.inner, Inner::H2(_))
     }
