@@ -26,18 +26,10 @@ const DETECT_TRIES_PREEXISTING: u32 = 16;
 /// How long an HTTP/2 stream that lost frames may stay quiet before it is written out.
 const H2_LOST_IDLE_NS: u64 = 5_000_000_000;
 
-/// How long the close of a never-seen connection waits for its other end's close.
-const ORPHAN_GRACE_NS: u64 = 1_000_000_000;
-/// Most such closes held at once.
-const MAX_ORPHANS: usize = 4096;
-
-/// A closed, never-seen connection waiting for its other end.
-#[derive(Debug)]
-struct Orphan {
-    deadline_ns: u64,
-    conn: Conn,
-    ev: ConnEvent,
-}
+/// How long a closed connection stays open to late events before its record is written:
+/// a reset can close a socket before the sends that provoked it are reported, and the
+/// other end of a local connection closes a moment later.
+const CLOSE_GRACE_NS: u64 = 300_000_000;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -115,6 +107,11 @@ struct Conn {
     data_lost: bool,
     /// TLS seen on it (plaintext from a TLS library, or TLS records).
     tls: bool,
+    /// Its close event, while it waits out the grace before its record is written.
+    closing: Option<Box<ConnEvent>>,
+    /// Bytes moved after the close event was taken (not in its counters).
+    late_sent: u64,
+    late_recv: u64,
     bytes_sent: u64,
     bytes_recv: u64,
     send_calls: u64,
@@ -144,6 +141,9 @@ impl Conn {
             data_seen: false,
             data_lost: false,
             tls: false,
+            closing: None,
+            late_sent: 0,
+            late_recv: 0,
             bytes_sent: 0,
             bytes_recv: 0,
             send_calls: 0,
@@ -171,7 +171,8 @@ pub struct Engine {
     by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
     /// Views of linked peers that closed first, by their cookie.
     closed_peers: HashMap<u64, PeerView>,
-    orphans: HashMap<(SocketAddr, SocketAddr), Orphan>,
+    /// Closed connections waiting out their grace, oldest first.
+    closing: std::collections::VecDeque<(u64, u64)>,
     user: UserCounters,
     lost: LossCounters,
     http_closed: Http1Stats,
@@ -196,7 +197,7 @@ impl Engine {
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
             closed_peers: HashMap::new(),
-            orphans: HashMap::new(),
+            closing: std::collections::VecDeque::new(),
             user: UserCounters::default(),
             lost: LossCounters::default(),
             http_closed: Http1Stats::default(),
@@ -299,21 +300,23 @@ impl Engine {
                 self.maybe_evict(ev.ts_ns);
             }
             ConnKind::ConnectFailed | ConnKind::Closed => {
-                let mut orphan = false;
-                let mut c = match self.conns.remove(&ev.cookie) {
-                    Some(c) => c,
+                let (mut c, unseen) = match self.conns.remove(&ev.cookie) {
+                    Some(c) => (c, false),
                     None => {
-                        orphan = true;
                         let mut c = Conn::new(ev.cookie, ev.ts_ns);
                         c.local = Some(ev.local);
                         c.remote = Some(ev.remote);
                         c.preexisting = ev.has_preexisting();
                         c.connect_start_ns = ev.connect_start_ns;
+                        c.established_ns = ev.established_ns;
+                        if ev.established_ns > 0 {
+                            c.open_ns = ev.established_ns;
+                        }
                         if ev.role != Role::Unknown {
                             c.role = ev.role;
                             c.role_source = RoleSource::Handshake;
                         }
-                        c
+                        (c, true)
                     }
                 };
                 if c.owner.is_none() && ev.has_owner() {
@@ -326,63 +329,38 @@ impl Engine {
                 if ev.has_data_lost() {
                     c.data_lost = true;
                 }
-                if orphan && ev.kind == ConnKind::Closed {
-                    self.close_orphan(c, ev);
-                } else {
+                if ev.kind == ConnKind::ConnectFailed {
                     self.finish(c, Some(ev), ev.ts_ns, "");
+                    return;
                 }
+                // Hold it open briefly (see CLOSE_GRACE_NS); `tick` writes it out.
+                c.closing = Some(Box::new(ev.clone()));
+                let cookie = c.cookie;
+                self.conns.insert(cookie, c);
+                if unseen {
+                    self.link(cookie, ev.local, ev.remote);
+                }
+                self.closing
+                    .push_back((ev.ts_ns.saturating_add(CLOSE_GRACE_NS), cookie));
             }
         }
     }
 
-    /// A connection never seen before its close (open before capture, idle since). Its
-    /// other end may be on this node and close a moment later: hold it briefly so that
-    /// the two are written once, as one connection.
-    fn close_orphan(&mut self, mut c: Conn, ev: &ConnEvent) {
-        let key = (ev.local, ev.remote);
-        if let Some(mut other) = self.orphans.remove(&(ev.remote, ev.local)) {
-            c.peer = Some(other.conn.cookie);
-            other.conn.peer = Some(c.cookie);
-            // The client's view goes first, so that the server's record carries it.
-            let c_first = self.effective_role(&c).0 == Role::Client;
-            let (first, first_ev, second, second_ev) = if c_first {
-                (c, ev.clone(), other.conn, other.ev)
-            } else {
-                (other.conn, other.ev, c, ev.clone())
-            };
-            let (a, b) = (first.cookie, second.cookie);
-            self.conns.insert(a, first);
-            self.conns.insert(b, second);
-            for (cookie, e) in [(a, first_ev), (b, second_ev)] {
-                if let Some(conn) = self.conns.remove(&cookie) {
-                    self.finish(conn, Some(&e), e.ts_ns, "");
-                }
+    /// Write out closed connections whose grace is over.
+    fn flush_closing(&mut self, now: u64) {
+        while let Some(&(deadline, cookie)) = self.closing.front() {
+            if deadline > now {
+                break;
             }
-            return;
-        }
-        if self.orphans.len() >= MAX_ORPHANS {
-            self.flush_orphans(u64::MAX);
-        }
-        self.orphans.insert(
-            key,
-            Orphan {
-                deadline_ns: ev.ts_ns.saturating_add(ORPHAN_GRACE_NS),
-                conn: c,
-                ev: ev.clone(),
-            },
-        );
-    }
-
-    fn flush_orphans(&mut self, now: u64) {
-        let due: Vec<_> = self
-            .orphans
-            .iter()
-            .filter(|(_, o)| o.deadline_ns <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in due {
-            if let Some(o) = self.orphans.remove(&k) {
-                self.finish(o.conn, Some(&o.ev), o.ev.ts_ns, "");
+            self.closing.pop_front();
+            let due = self.conns.get(&cookie).is_some_and(|c| c.closing.is_some());
+            if due {
+                if let Some(mut c) = self.conns.remove(&cookie) {
+                    if let Some(ev) = c.closing.take() {
+                        let ts = ev.ts_ns;
+                        self.finish(c, Some(&ev), ts, "");
+                    }
+                }
             }
         }
     }
@@ -392,7 +370,7 @@ impl Engine {
         if let Some(a) = self.attrib.as_mut() {
             a.tick(now);
         }
-        self.flush_orphans(now);
+        self.flush_closing(now);
         self.expire_lost_streams(now);
     }
 
@@ -448,10 +426,16 @@ impl Engine {
             Direction::Egress => {
                 c.bytes_sent += ev.len;
                 c.send_calls += 1;
+                if c.closing.is_some() {
+                    c.late_sent += ev.len;
+                }
             }
             Direction::Ingress => {
                 c.bytes_recv += ev.len;
                 c.recv_calls += 1;
+                if c.closing.is_some() {
+                    c.late_recv += ev.len;
+                }
             }
         }
         let owner_changed = c.owner.as_ref().is_none_or(|o| o.pid != ev.tgid);
@@ -512,7 +496,7 @@ impl Engine {
 
     /// Capture is ending: write out every connection still open.
     pub fn finish_all(&mut self, now: u64) {
-        self.flush_orphans(u64::MAX);
+        self.flush_closing(u64::MAX);
         let cookies: Vec<u64> = self.conns.keys().copied().collect();
         for cookie in cookies {
             if let Some(c) = self.conns.remove(&cookie) {
@@ -839,7 +823,12 @@ impl Engine {
         };
         let (client, server) = self.ends(&c, role, peer.as_ref());
         let (sent, recv, sc, rc) = match ev {
-            Some(e) => (e.bytes_sent, e.bytes_recv, e.send_calls, e.recv_calls),
+            Some(e) => (
+                e.bytes_sent + c.late_sent,
+                e.bytes_recv + c.late_recv,
+                e.send_calls,
+                e.recv_calls,
+            ),
             None => (c.bytes_sent, c.bytes_recv, c.send_calls, c.recv_calls),
         };
         let (c2s, s2c, c2s_calls, s2c_calls) = if role == Role::Client {

@@ -1187,3 +1187,75 @@ fn stats_and_signal() {
     p.finish(|| format!("final stats: {st}\nstderr:\n{}", out.stderr.join("\n")));
     eprintln!("stats_and_signal: {:?}", t0.elapsed());
 }
+
+/// A client that sends a request and closes at once (the server's answer then meets a
+/// reset), and a connection opened and closed with no data: each is one exchange / one
+/// connection, with nothing invented and nothing counted twice.
+#[test]
+fn early_close_and_empty_connection() {
+    if !require_root() {
+        return;
+    }
+    let port = free_server_port();
+    let nginx = start_nginx(port);
+    std::fs::write(nginx.www.join("r"), "hello\n").expect("writing a file");
+    let rec = Recorder::start(&[port], &[]);
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         s.sendall(b'GET /r HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         s.close()\n\
+         e = socket.create_connection(('127.0.0.1', {port}))\n\
+         e.close()\n"
+    );
+    let st = std::process::Command::new(python3())
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .expect("running python");
+    assert!(st.success());
+    wait_port_idle(port, Duration::from_secs(10));
+    std::thread::sleep(DRAIN_DELAY);
+    let out = rec.stop();
+    let http = out.http(port);
+    let conns = out.connections(port);
+    let mut p = Problems::default();
+    p.check(http.len() == 1, || {
+        format!("{} http records, want 1", http.len())
+    });
+    if let Some(r) = http.first() {
+        p.eq("status of the early-closed request", &r["status"], 200);
+        p.eq("path", &r["path"], "/r");
+        p.eq("response.body_bytes", &r["response"]["body_bytes"], 6);
+        p.eq("observed_by", &r["observed_by"], "both");
+    }
+    p.check(conns.len() == 2, || {
+        format!(
+            "{} connection records, want 2 (one per connection)",
+            conns.len()
+        )
+    });
+    for c in &conns {
+        p.eq("observed_by", &c["observed_by"], "both");
+        p.eq("handshake.success", &c["handshake"]["success"], true);
+        p.check(c["client"]["addr"] == "127.0.0.1", || {
+            format!("client address {} (a phantom record?)", c["client"]["addr"])
+        });
+    }
+    let data = conns.iter().find(|c| c["exchanges"] == 1);
+    match data {
+        Some(c) => p.check(
+            c["bytes_server_to_client"].as_u64().unwrap_or(0) > 6,
+            || {
+                format!(
+                    "bytes_server_to_client {} misses the response",
+                    c["bytes_server_to_client"]
+                )
+            },
+        ),
+        None => p.0.push("no connection record with the exchange".into()),
+    }
+    p.finish(|| format!("{}\n{}", dump_http(&http), dump(&conns)));
+    out.assert_nothing_lost();
+    drop(nginx);
+}
