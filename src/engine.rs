@@ -264,6 +264,7 @@ impl Engine {
             kernel: *k,
             user: self.user_counters(),
             lost: self.lost,
+            attribution: self.attrib.as_ref().and_then(|a| a.stats()),
         }
     }
 

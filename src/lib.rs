@@ -8,6 +8,7 @@ pub mod capture;
 pub mod cli;
 pub mod cmd;
 pub mod engine;
+pub mod entities;
 pub mod model;
 pub mod protocol;
 pub mod resolve;

@@ -311,6 +311,9 @@ pub struct StatsRecord {
     pub user: UserCounters,
     /// Everything lost, by cause; zero everywhere means nothing was lost.
     pub lost: LossCounters,
+    /// Attribution: ends resolved and not, by source; cache sizes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub attribution: Option<crate::resolve::ResolveStats>,
 }
 
 /// Counters kept in user space.
@@ -468,6 +471,7 @@ mod tests {
             kernel: KernelCounters::default(),
             user: UserCounters::default(),
             lost: LossCounters::default(),
+            attribution: None,
         });
         let s = serde_json::to_string(&rec).unwrap();
         assert!(s.starts_with(r#"{"kind":"stats","v":1"#), "{s}");

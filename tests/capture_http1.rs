@@ -1226,7 +1226,11 @@ fn early_close_and_empty_connection() {
     if let Some(r) = http.first() {
         p.eq("status of the early-closed request", &r["status"], 200);
         p.eq("path", &r["path"], "/r");
-        p.eq("response.body_bytes", &r["response"]["body_bytes"], 6);
+        // The body may meet the client's reset before it is sent: at most 6 bytes.
+        p.check(
+            r["response"]["body_bytes"].as_u64().unwrap_or(99) <= 6,
+            || format!("response.body_bytes {}", r["response"]["body_bytes"]),
+        );
         p.eq("observed_by", &r["observed_by"], "both");
     }
     p.check(conns.len() == 2, || {
@@ -1245,7 +1249,7 @@ fn early_close_and_empty_connection() {
     let data = conns.iter().find(|c| c["exchanges"] == 1);
     match data {
         Some(c) => p.check(
-            c["bytes_server_to_client"].as_u64().unwrap_or(0) > 6,
+            c["bytes_server_to_client"].as_u64().unwrap_or(0) > 100,
             || {
                 format!(
                     "bytes_server_to_client {} misses the response",

@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 use crate::capture::{
     self, Capture, CaptureConfig, CaptureError, DecodeError, Event, EventHandler, KernelCounters,
 };
-use crate::cli::{CaptureArgs, RecordArgs};
+use crate::cli::{CaptureArgs, K8sArgs, RecordArgs};
 use crate::engine::{Engine, EngineOptions};
 use crate::model::{Clock, Record};
+use crate::resolve::k8s::{K8sAttribution, K8sConfig};
 use crate::resolve::procs::ProcResolver;
+use crate::resolve::Attribution;
 use crate::sink::jsonl::JsonlSink;
 use crate::sink::Sink;
 
@@ -32,6 +34,26 @@ pub fn capture_config(a: &CaptureArgs) -> anyhow::Result<CaptureConfig> {
         cgroups: a.cgroups.clone(),
         ports: a.ports.clone(),
     })
+}
+
+/// Who the ends of records are: Kubernetes metadata from whatever the node offers, or
+/// container ids only with `--no-k8s`.
+pub fn attribution(a: &K8sArgs) -> anyhow::Result<Box<dyn Attribution>> {
+    if a.no_k8s {
+        return Ok(Box::new(ProcResolver::new("/proc")));
+    }
+    let cfg = K8sConfig {
+        host_root: a.host_root.clone(),
+        cri_sockets: a.cri_sockets.clone(),
+        containerd_state_dir: a.containerd_state.clone(),
+        kubelet_pods_dir: a.kubelet_pods_dir.clone(),
+        kubeconfig: a.kubeconfig.clone(),
+        api_server: a.api_server.clone(),
+        cluster_name: a.cluster.clone(),
+        node_name: a.node_name.clone(),
+        ..K8sConfig::default()
+    };
+    Ok(Box::new(K8sAttribution::start(cfg)?))
 }
 
 /// Engine settings from the command line and this host.
@@ -135,7 +157,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         engine: Engine::new(
             engine_options(&args.capture),
             Clock::now(),
-            Some(Box::new(ProcResolver::new("/proc"))),
+            Some(attribution(&args.k8s)?),
             now,
         ),
         sink,

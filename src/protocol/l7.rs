@@ -62,6 +62,8 @@ pub struct Parser {
     h1_done: Option<Http1Stats>,
     scratch1: Vec<Http1Exchange>,
     scratch2: Vec<H2Exchange>,
+    /// The HTTP/1 request that asked for h2c: what stream 1's record needs from it.
+    h2c_request: Option<Box<Http1Exchange>>,
 }
 
 impl std::fmt::Debug for Parser {
@@ -95,6 +97,7 @@ impl Parser {
             h1_done: None,
             scratch1: Vec::new(),
             scratch2: Vec::new(),
+            h2c_request: None,
         }
     }
 
@@ -106,8 +109,21 @@ impl Parser {
             }
             Inner::H2(h) => {
                 h.feed(chunk, &mut self.scratch2);
-                out.extend(self.scratch2.drain(..).map(Exchange::Http2));
+                self.take_h2(out);
             }
+        }
+    }
+
+    fn take_h2(&mut self, out: &mut Vec<Exchange>) {
+        for mut x in self.scratch2.drain(..) {
+            if x.stream_id == 1 {
+                if let Some(req) = self.h2c_request.take() {
+                    // Stream 1 is the upgraded HTTP/1 request: its headers were HTTP/1's.
+                    x.user_agent = x.user_agent.or(req.user_agent);
+                    x.trace = x.trace.or(req.trace);
+                }
+            }
+            out.push(Exchange::Http2(x));
         }
     }
 
@@ -133,12 +149,13 @@ impl Parser {
             let mut c = H2Conn::after_h2c_upgrade(
                 role,
                 H2Limits::default(),
-                x.method,
-                x.target,
-                x.host,
+                x.method.clone(),
+                x.target.clone(),
+                x.host.clone(),
                 x.req_start_ns,
                 x.req_header_bytes,
             );
+            self.h2c_request = Some(Box::new(x));
             // The server's first HTTP/2 frames often share the 101's write.
             if let Some(l) = leftover.filter(|l| l.len > 0) {
                 let chunk = Chunk {
@@ -149,9 +166,9 @@ impl Parser {
                     data: &l.data,
                 };
                 c.feed(&chunk, &mut self.scratch2);
-                out.extend(self.scratch2.drain(..).map(Exchange::Http2));
             }
             self.inner = Inner::H2(Box::new(c));
+            self.take_h2(out);
         }
     }
 
@@ -160,7 +177,7 @@ impl Parser {
     pub fn expire(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<Exchange>) {
         if let Inner::H2(h) = &mut self.inner {
             h.expire_lost(now_ns, idle_ns, &mut self.scratch2);
-            out.extend(self.scratch2.drain(..).map(Exchange::Http2));
+            self.take_h2(out);
         }
     }
 
@@ -180,7 +197,7 @@ impl Parser {
             }
             Inner::H2(h) => {
                 h.close(ts_ns, &mut self.scratch2);
-                out.extend(self.scratch2.drain(..).map(Exchange::Http2));
+                self.take_h2(out);
             }
         }
     }

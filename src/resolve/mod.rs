@@ -1,12 +1,24 @@
 //! Attribution of connection ends to processes, containers, pods and services.
 //!
 //! The engine asks an `Attribution` to fill in the ends of every record; what it can
-//! fill depends on what the node offers (see the implementations).
+//! fill depends on what the node offers (see the implementations): `ProcResolver`
+//! gives container ids from `/proc` only; `k8s::K8sAttribution` adds pods, namespaces,
+//! containers, services, Service-IP backends, from whatever sources the node has.
 
+pub mod api;
+pub mod bundles;
 pub mod cgroup;
+pub mod conntrack;
+pub mod cri;
+pub mod k8s;
+pub mod kubelet;
+pub mod meta;
+pub mod node;
 pub mod procs;
 
 use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
 
 use crate::model::Endpoint;
 
@@ -20,16 +32,82 @@ pub trait Attribution: Send {
     fn attribute_address(&mut self, ep: &mut Endpoint, peer: Option<SocketAddr>);
     /// Called about twice a second from the capture thread; must not block.
     fn tick(&mut self, _now_ns: u64) {}
+    /// Where a connection from `local` to `remote` really goes when address translation
+    /// changed it (a Service IP's backend, through conntrack); None when it did not or
+    /// nothing knows. For the engine to link the two sockets of one connection when both
+    /// ends are on this node (client to Service IP, backend from the client's pod IP):
+    /// they would otherwise be written twice, and the backend's view of the client knows
+    /// only its address. Must not block for long (a cached kernel query).
+    fn nat_destination(&mut self, _local: SocketAddr, _remote: SocketAddr) -> Option<SocketAddr> {
+        None
+    }
+    /// Counters for `stats` records; None when the implementation keeps none.
+    fn stats(&self) -> Option<ResolveStats> {
+        None
+    }
+}
+
+/// What attribution did and could not do, for `stats` records. Counts of ends are per
+/// record end (a connection with three HTTP exchanges and its connection record counts
+/// four times); the `*_known` figures are the current sizes of what is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ResolveStats {
+    /// Ends attributed from their own process.
+    pub process_ends: u64,
+    /// ... of which in a pod the sources name.
+    pub process_ends_in_pods: u64,
+    /// ... of which in a pod cgroup that no source names (yet).
+    pub process_ends_unknown_pod: u64,
+    /// Address-only ends that are a pod IP.
+    pub remote_pod_ip: u64,
+    /// Address-only ends that are a Service IP whose backend conntrack did not give.
+    pub remote_service_ip: u64,
+    /// Address-only ends translated (DNAT) to their real backend through conntrack.
+    pub remote_conntrack: u64,
+    /// Address-only loopback ends: the same pod (network namespace) as the other end.
+    pub remote_loopback: u64,
+    /// Address-only ends nothing could name (`resolved_by: "unresolved"`).
+    pub unresolved_remotes: u64,
+    /// Connections inside one pod (app to sidecar): no relation is derived from them.
+    pub intra_pod_connections: u64,
+    pub conntrack_lookups: u64,
+    pub conntrack_errors: u64,
+    /// CRI calls that failed (socket absent is not an error).
+    pub cri_errors: u64,
+    /// Kubernetes API requests that failed.
+    pub api_errors: u64,
+    /// Snapshots of the node built so far.
+    pub refreshes: u64,
+    pub pods_known: u64,
+    pub containers_known: u64,
+    pub services_known: u64,
+    pub pod_ips_known: u64,
+    pub cgroups_known: u64,
+    /// Entries in the per-cgroup cache of `/proc` answers.
+    pub cgroup_cache: u64,
+    /// Entries in the conntrack answer cache.
+    pub conntrack_cache: u64,
 }
 
 /// Attribution with no Kubernetes knowledge: container ids from `/proc` only.
 impl Attribution for procs::ProcResolver {
     fn attribute_process(&mut self, ep: &mut Endpoint) {
-        if let (Some(pid), Some(cg)) = (ep.pid, ep.cgroup_id) {
-            ep.container_id = self.container_id(pid, cg);
+        if let Some(pid) = ep.pid {
+            ep.container_id = self.container_id(pid, ep.cgroup_id.unwrap_or(0));
         }
         ep.resolved_by = Some("process".to_string());
     }
 
     fn attribute_address(&mut self, _ep: &mut Endpoint, _peer: Option<SocketAddr>) {}
+
+    fn tick(&mut self, now_ns: u64) {
+        self.prune_if_due(now_ns);
+    }
+
+    fn stats(&self) -> Option<ResolveStats> {
+        Some(ResolveStats {
+            cgroup_cache: self.len() as u64,
+            ..ResolveStats::default()
+        })
+    }
 }

@@ -84,6 +84,7 @@ mod tests {
             kernel: Default::default(),
             user: UserCounters::default(),
             lost: LossCounters::default(),
+            attribution: None,
         });
         s.write(&rec).unwrap();
         s.write(&rec).unwrap();
