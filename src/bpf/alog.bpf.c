@@ -142,14 +142,15 @@ static __always_inline __u64 rb_flags(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
+/* `sk` comes from a tp_btf argument, a trusted BTF pointer: plain loads (with CO-RE
+ * relocations) instead of bpf_probe_read_kernel calls. */
 static __always_inline bool is_tcp(const struct sock *sk)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 
 	if (family != AF_INET && family != AF_INET6)
 		return false;
-	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP &&
-	       BPF_CORE_READ(sk, sk_type) == SOCK_STREAM;
+	return sk->sk_protocol == IPPROTO_TCP && sk->sk_type == SOCK_STREAM;
 }
 
 static __always_inline bool port_allowed(const struct sock *sk)
@@ -175,11 +176,20 @@ static __always_inline bool pid_allowed(__u32 tgid)
 	return !filter_pid || bpf_map_lookup_elem(&pid_filter, &tgid);
 }
 
+/* The process's name (its group leader's comm), not the calling thread's: threads
+ * rename themselves (grpcio's "event_engine", worker pools). */
+static __always_inline void process_comm(char *dst)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	bpf_probe_read_kernel_str(dst, 16, task->group_leader->comm);
+}
+
 static __always_inline void set_owner(struct conn_state *st)
 {
 	st->tgid = bpf_get_current_pid_tgid() >> 32;
 	st->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(st->comm, sizeof(st->comm));
+	process_comm(st->comm);
 	st->flags |= ALOG_F_OWNER_KNOWN;
 }
 
@@ -484,10 +494,11 @@ static __always_inline __u32 copy_payload(__u8 *dst, __s64 ret, __u8 *sys, __s32
 	if (!regs)
 		return 0;
 #if defined(__TARGET_ARCH_x86)
-	nr = BPF_CORE_READ(regs, orig_ax);
-	a0 = BPF_CORE_READ(regs, di);
-	a1 = BPF_CORE_READ(regs, si);
-	a2 = BPF_CORE_READ(regs, dx);
+	/* bpf_task_pt_regs gives a BTF pointer: plain loads, no helper calls. */
+	nr = regs->orig_ax;
+	a0 = regs->di;
+	a1 = regs->si;
+	a2 = regs->dx;
 #else
 	/* Other architectures: lengths and counters only, no payload yet. */
 	return 0;
@@ -630,7 +641,7 @@ static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir
 	e->fd = fd;
 	e->dir = dir;
 	e->syscall = sys;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	process_comm(e->comm);
 	if (cap > ALOG_MAX_CAPTURE)
 		cap = ALOG_MAX_CAPTURE;
 	e->cap_len = cap;

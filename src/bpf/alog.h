@@ -11,7 +11,7 @@
 /* Largest payload prefix a single data event can carry (power of two). */
 #define ALOG_MAX_CAPTURE 8192
 /* iovec segments walked per call when copying a payload prefix. */
-#define ALOG_MAX_IOV 4
+#define ALOG_MAX_IOV 16
 
 enum alog_event_kind {
 	ALOG_EV_DATA = 1,
