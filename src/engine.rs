@@ -26,6 +26,9 @@ const DETECT_TRIES_PREEXISTING: u32 = 16;
 /// How long an HTTP/2 stream that lost frames may stay quiet before it is written out.
 const H2_LOST_IDLE_NS: u64 = 5_000_000_000;
 
+/// Most process names listed as doing TLS that cannot be seen.
+const MAX_TLS_NOT_VISIBLE: usize = 32;
+
 /// How long a closed connection stays open to late events before its record is written:
 /// a reset can close a socket before the sends that provoked it are reported, and the
 /// other end of a local connection closes a moment later.
@@ -107,6 +110,8 @@ struct Conn {
     data_lost: bool,
     /// TLS seen on it (plaintext from a TLS library, or TLS records).
     tls: bool,
+    /// Plaintext from a TLS library was seen on it.
+    tls_plaintext: bool,
     /// Its close event, while it waits out the grace before its record is written.
     closing: Option<Box<ConnEvent>>,
     /// Bytes moved after the close event was taken (not in its counters).
@@ -141,6 +146,7 @@ impl Conn {
             data_seen: false,
             data_lost: false,
             tls: false,
+            tls_plaintext: false,
             closing: None,
             late_sent: 0,
             late_recv: 0,
@@ -173,6 +179,8 @@ pub struct Engine {
     closed_peers: HashMap<u64, PeerView>,
     /// Closed connections waiting out their grace, oldest first.
     closing: std::collections::VecDeque<(u64, u64)>,
+    /// Processes with TLS connections whose plaintext was not visible.
+    tls_not_visible: Vec<String>,
     user: UserCounters,
     lost: LossCounters,
     http_closed: Http1Stats,
@@ -198,6 +206,7 @@ impl Engine {
             by_tuple: HashMap::new(),
             closed_peers: HashMap::new(),
             closing: std::collections::VecDeque::new(),
+            tls_not_visible: Vec::new(),
             user: UserCounters::default(),
             lost: LossCounters::default(),
             http_closed: Http1Stats::default(),
@@ -265,6 +274,7 @@ impl Engine {
             user: self.user_counters(),
             lost: self.lost,
             attribution: self.attrib.as_ref().and_then(|a| a.stats()),
+            tls_not_visible: self.tls_not_visible.clone(),
         }
     }
 
@@ -423,7 +433,10 @@ impl Engine {
         c.next_seq = ev.seq + 1;
         c.last_ns = ev.ts_ns;
         c.data_seen = true;
+        // TLS plaintext repeats bytes the socket calls (ciphertext) already counted.
+        let plaintext = ev.is_tls_plaintext();
         match ev.dir {
+            _ if plaintext => {}
             Direction::Egress => {
                 c.bytes_sent += ev.len;
                 c.send_calls += 1;
@@ -448,6 +461,22 @@ impl Engine {
             });
         }
 
+        if ev.is_ciphertext() {
+            // Encrypted bytes of a TLS connection: never parsed; its plaintext comes
+            // from the TLS library's probes.
+            c.tls = true;
+            self.conns.insert(c.cookie, c);
+            return;
+        }
+        if plaintext {
+            c.tls = true;
+            c.tls_plaintext = true;
+            if c.proto == Proto::Tls {
+                // The handshake was seen as TLS records; now parse what it protects.
+                c.proto = Proto::Undecided;
+                c.detect_tries = 0;
+            }
+        }
         if c.proto == Proto::Undecided && !ev.payload.is_empty() {
             c.detect_tries += 1;
             match l7::detect(ev.payload) {
@@ -806,7 +835,18 @@ impl Engine {
         match c.proto {
             Proto::Http1 => self.user.connections_by_protocol_http1 += 1,
             Proto::Http2 => self.user.connections_by_protocol_http2 += 1,
-            Proto::Tls => self.user.connections_by_protocol_tls += 1,
+            Proto::Tls => {
+                // TLS whose plaintext no probe saw (a JVM's JSSE, a TLS library that
+                // is not probed): say which processes, rather than nothing.
+                self.user.connections_by_protocol_tls += 1;
+                if let Some(o) = &c.owner {
+                    if !self.tls_not_visible.contains(&o.comm)
+                        && self.tls_not_visible.len() < MAX_TLS_NOT_VISIBLE
+                    {
+                        self.tls_not_visible.push(o.comm.clone());
+                    }
+                }
+            }
             Proto::Undecided | Proto::Unknown => self.user.connections_by_protocol_unknown += 1,
         }
         let (role, role_source) = self.effective_role(&c);

@@ -13,6 +13,7 @@ pub mod model;
 pub mod protocol;
 pub mod resolve;
 pub mod sink;
+pub mod tls;
 
 /// Logs go to stderr, never to stdout (which may carry JSONL).
 pub fn init_logging(level: &str) {

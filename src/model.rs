@@ -314,6 +314,11 @@ pub struct StatsRecord {
     /// Attribution: ends resolved and not, by source; cache sizes.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub attribution: Option<crate::resolve::ResolveStats>,
+    /// Processes seen doing TLS whose plaintext is not visible (no probe for their TLS
+    /// library: a JVM's JSSE, for one); their connections count in
+    /// `user.connections_by_protocol_tls`.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub tls_not_visible: Vec<String>,
 }
 
 /// Counters kept in user space.
@@ -472,6 +477,7 @@ mod tests {
             user: UserCounters::default(),
             lost: LossCounters::default(),
             attribution: None,
+            tls_not_visible: Vec::new(),
         });
         let s = serde_json::to_string(&rec).unwrap();
         assert!(s.starts_with(r#"{"kind":"stats","v":1"#), "{s}");

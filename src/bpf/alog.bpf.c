@@ -17,6 +17,13 @@
  *   inet_sock_set_state; final TCP figures are read from tcp_sock at close.
  * - Ring-buffer records are submitted without a wake-up unless the ring is
  *   filling; user space drains it on a short timer.
+ * - TLS plaintext comes from uprobes on TLS library calls (OpenSSL/BoringSSL
+ *   SSL_read/SSL_write and friends, Go crypto/tls.(*Conn).Read/Write). A call
+ *   in flight is remembered per thread (per goroutine for Go); the socket
+ *   call the library makes inside it ties the call to its socket, marks the
+ *   socket as TLS, and is itself sent as ciphertext without payload. Reads
+ *   served from the library's own buffer make no socket call: the socket is
+ *   then found from the SSL object (Go: the tls.Conn) it was last seen with.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -51,6 +58,8 @@ enum alog_conn_flags _alog_conn_flags = 0;
 enum alog_dir _alog_dir = 0;
 enum alog_syscall _alog_syscall = 0;
 enum alog_counter _alog_counter = 0;
+enum alog_data_flags _alog_data_flags = 0;
+struct alog_exec_event _alog_exec_event = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -124,6 +133,103 @@ struct {
 	__type(key, __u32);
 	__type(value, struct scratch);
 } scratch_map SEC(".maps");
+
+/*
+ * TLS state.
+ *
+ * tls_calls: library calls in flight, by thread (OpenSSL: the thread that
+ * entered the call returns from it) or by goroutine (Go: goroutines move
+ * between threads, so the key is the g pointer, which the register ABI keeps
+ * in R14). An LRU map, so entries of calls that never returned (thread killed
+ * mid-call) age out instead of filling it.
+ */
+enum tls_key_kind {
+	TLS_KEY_THREAD = 0,
+	TLS_KEY_GOROUTINE = 1,
+};
+
+enum tls_op {
+	TLS_OP_RW = 1, /* read or write: plaintext at return */
+	TLS_OP_HS = 2, /* handshake: only learns the socket */
+};
+
+struct tls_key {
+	__u32 tgid;
+	__u32 kind; /* enum tls_key_kind */
+	__u64 id;   /* tid, or goroutine (g) pointer */
+};
+
+struct tls_call {
+	__u64 ssl;      /* SSL * (Go: *tls.Conn) */
+	__u64 buf;      /* caller's buffer */
+	__u64 num;      /* requested length */
+	__u64 arg4;     /* SSL_read_ex / SSL_write_ex: size_t *processed */
+	__u64 start_ns;
+	__u64 cookie;   /* socket the call used, 0 until a socket call shows it */
+	__s32 fd;
+	__u8 op;        /* enum tls_op */
+	__u8 ignored;   /* that socket is filtered out */
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct tls_key);
+	__type(value, struct tls_call);
+} tls_calls SEC(".maps");
+
+/* The socket an SSL object (Go: tls.Conn) was last seen using, for calls that
+ * make no socket call of their own. Stale entries (object freed, address
+ * reused) are overwritten by the new object's first call, which always makes
+ * a socket call (its handshake). */
+struct ssl_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 ptr;
+};
+
+struct ssl_sock {
+	__u64 cookie;
+	__s32 fd;
+	__u8 ignored;
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ssl_key);
+	__type(value, struct ssl_sock);
+} ssl_socks SEC(".maps");
+
+/* Sockets known to carry TLS, by cookie: holds the socket's data event
+ * counter from the moment it is known as TLS, so that plaintext events (made
+ * in uprobes, which cannot reach socket storage) and socket-call events share
+ * one sequence. Deleted when the socket closes. */
+struct tls_sock {
+	__u64 seq;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 262144);
+	__type(key, __u64);
+	__type(value, struct tls_sock);
+} tls_socks SEC(".maps");
+
+/* Processes in which a Go crypto/tls call was seen: only their socket calls
+ * look for an in-flight call by goroutine. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u8);
+} go_procs SEC(".maps");
+
+/* Set once any Go crypto/tls call was seen: spares every other socket call a lookup. */
+__u32 go_tls_seen = 0;
 
 static __always_inline void count(__u32 idx)
 {
@@ -212,6 +318,30 @@ static __always_inline void fill_tuple(struct alog_conn_event *e, const struct s
 	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
+/* Number of the next data event of a socket (see tls_socks). */
+static __always_inline __u64 cur_seq(const struct conn_state *st)
+{
+	if (st->flags & ALOG_F_TLS) {
+		struct tls_sock *ts = bpf_map_lookup_elem(&tls_socks, &st->cookie);
+
+		if (ts)
+			return ts->seq;
+	}
+	return st->seq;
+}
+
+/* Take the next data event number of a socket. */
+static __always_inline __u64 next_seq(struct conn_state *st)
+{
+	if (st->flags & ALOG_F_TLS) {
+		struct tls_sock *ts = bpf_map_lookup_elem(&tls_socks, &st->cookie);
+
+		if (ts)
+			return ts->seq++;
+	}
+	return st->seq++;
+}
+
 /* Emit a connection event. `st` may be NULL (a socket we never tracked). */
 static __always_inline void emit_conn(const struct sock *sk, struct conn_state *st, __u8 type,
 				      int oldstate, int newstate, __u64 now)
@@ -240,7 +370,7 @@ static __always_inline void emit_conn(const struct sock *sk, struct conn_state *
 		e->bytes_recv = st->bytes_recv;
 		e->send_calls = st->send_calls;
 		e->recv_calls = st->recv_calls;
-		e->data_events = st->seq;
+		e->data_events = cur_seq(st);
 		e->tgid = st->tgid;
 		e->flags = st->flags;
 		e->role = st->role;
@@ -365,6 +495,11 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 		    oldstate == TCP_NEW_SYN_RECV)
 			return 0;
 		st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+		if (st && (st->flags & ALOG_F_TLS)) {
+			/* The socket's counter comes home; its TLS entry is freed. */
+			st->seq = cur_seq(st);
+			bpf_map_delete_elem(&tls_socks, &st->cookie);
+		}
 		if (st && (st->flags & ALOG_F_IGNORED))
 			return 0;
 		if (!st && (filter_pid || filter_cgroup || !port_allowed(sk)))
@@ -468,6 +603,8 @@ static __always_inline __u32 copy_msghdr(__u8 *dst, const struct user_msghdr *ms
 {
 	struct user_msghdr msg;
 
+	if (!want)
+		return 0;
 	if (bpf_probe_read_user(&msg, sizeof(msg), msgp)) {
 		count(ALOG_CNT_READ_FAULT);
 		return 0;
@@ -477,9 +614,9 @@ static __always_inline __u32 copy_msghdr(__u8 *dst, const struct user_msghdr *ms
 
 /*
  * Identify the syscall that is moving these bytes and copy a prefix of its
- * payload. Returns the number of bytes copied.
+ * payload (none when `copy` is false). Returns the number of bytes copied.
  */
-static __always_inline __u32 copy_payload(__u8 *dst, __s64 ret, __u8 *sys, __s32 *fd)
+static __always_inline __u32 copy_payload(__u8 *dst, __s64 ret, __u8 *sys, __s32 *fd, bool copy)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct pt_regs *regs;
@@ -505,7 +642,7 @@ static __always_inline __u32 copy_payload(__u8 *dst, __s64 ret, __u8 *sys, __s32
 #endif
 	want = ret < capture_bytes ? ret : capture_bytes;
 	barrier_var(want);
-	if (want <= 0 || want > ALOG_MAX_CAPTURE)
+	if (!copy || want <= 0 || want > ALOG_MAX_CAPTURE)
 		want = 0;
 	*fd = (__s32)a0;
 
@@ -542,34 +679,81 @@ static __always_inline __u32 copy_payload(__u8 *dst, __s64 ret, __u8 *sys, __s32
 		*sys = nr == NR_SENDMMSG ? ALOG_SYS_SENDMMSG : ALOG_SYS_RECVMMSG;
 		/* Which of several messages this call is cannot be told here. */
 		if (a2 != 1) {
-			count(ALOG_CNT_PAYLOAD_SKIPPED);
+			if (copy)
+				count(ALOG_CNT_PAYLOAD_SKIPPED);
 			return 0;
 		}
 		return copy_msghdr(dst, (const struct user_msghdr *)a1, want);
 	case NR_SENDFILE:
 		*sys = ALOG_SYS_SENDFILE;
 		*fd = (__s32)a0; /* out_fd */
-		count(ALOG_CNT_PAYLOAD_SKIPPED);
+		if (copy)
+			count(ALOG_CNT_PAYLOAD_SKIPPED);
 		return 0;
 	case NR_SPLICE:
 		*sys = ALOG_SYS_SPLICE;
 		*fd = -1;
-		count(ALOG_CNT_PAYLOAD_SKIPPED);
+		if (copy)
+			count(ALOG_CNT_PAYLOAD_SKIPPED);
 		return 0;
 	default:
 		*fd = -1;
-		count(ALOG_CNT_PAYLOAD_SKIPPED);
+		if (copy)
+			count(ALOG_CNT_PAYLOAD_SKIPPED);
 		return 0;
 	}
+}
+
+/* The TLS library call the current thread (or goroutine) is inside, if any. */
+static __always_inline struct tls_call *tls_current(__u64 pid_tgid)
+{
+	struct tls_key k = {};
+	struct tls_call *c;
+	struct pt_regs *regs;
+
+	k.tgid = pid_tgid >> 32;
+	k.kind = TLS_KEY_THREAD;
+	k.id = (__u32)pid_tgid;
+	c = bpf_map_lookup_elem(&tls_calls, &k);
+	if (c || !go_tls_seen)
+		return c;
+	if (!bpf_map_lookup_elem(&go_procs, &k.tgid))
+		return 0;
+#if defined(__TARGET_ARCH_x86)
+	/* Go's syscall stubs leave the goroutine pointer in R14 (register ABI). */
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!regs)
+		return 0;
+	k.kind = TLS_KEY_GOROUTINE;
+	k.id = BPF_CORE_READ(regs, r14);
+	return bpf_map_lookup_elem(&tls_calls, &k);
+#else
+	return 0;
+#endif
+}
+
+/* A socket is first seen carrying TLS: its data event counter moves to tls_socks. */
+static __always_inline void mark_tls(struct conn_state *st)
+{
+	struct tls_sock ts = {};
+
+	ts.seq = st->seq;
+	bpf_map_update_elem(&tls_socks, &st->cookie, &ts, BPF_NOEXIST);
+	/* Without an entry (map full) the socket stays plain; its plaintext is
+	 * then counted as unattributed. */
+	if (bpf_map_lookup_elem(&tls_socks, &st->cookie))
+		st->flags |= ALOG_F_TLS;
 }
 
 static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir)
 {
 	struct alog_data_event *e;
 	struct conn_state *st;
+	struct tls_call *tls;
 	struct scratch *s;
 	__u32 zero = 0, tgid, cap;
 	__u64 pid_tgid, cg, now;
+	bool cipher;
 	__u8 sys;
 	__s32 fd;
 
@@ -598,7 +782,16 @@ static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir
 		if (!st)
 			return 0;
 	}
+	tls = tls_current(pid_tgid);
+	/* A call already tied to another socket (a library making an unrelated
+	 * socket call of its own inside it) says nothing about this one. */
+	if (tls && tls->cookie && tls->cookie != st->cookie)
+		tls = 0;
 	if (st->flags & ALOG_F_IGNORED) {
+		if (tls) {
+			tls->cookie = st->cookie;
+			tls->ignored = 1;
+		}
 		count(ALOG_CNT_FILTERED);
 		return 0;
 	}
@@ -620,11 +813,21 @@ static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir
 		st->recv_calls += 1;
 	}
 
+	if (tls) {
+		tls->cookie = st->cookie;
+		if (!(st->flags & ALOG_F_TLS))
+			mark_tls(st);
+	}
+	/* Ciphertext is never copied: user space must not parse it. */
+	cipher = st->flags & ALOG_F_TLS;
+
 	s = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!s)
 		return 0;
 	e = (struct alog_data_event *)s->buf;
-	cap = copy_payload(s->buf + sizeof(*e), ret, &sys, &fd);
+	cap = copy_payload(s->buf + sizeof(*e), ret, &sys, &fd, !cipher);
+	if (tls)
+		tls->fd = fd;
 	e->hdr.kind = ALOG_EV_DATA;
 	e->cookie = st->cookie;
 	e->ts_ns = now;
@@ -633,7 +836,7 @@ static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir
 		e->start_ns = st->send_start_ns;
 	if (dir == ALOG_DIR_EGRESS)
 		st->send_start_ns = 0;
-	e->seq = st->seq++;
+	e->seq = next_seq(st);
 	e->ret = ret;
 	e->cgroup_id = cg;
 	e->tgid = tgid;
@@ -641,6 +844,7 @@ static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir
 	e->fd = fd;
 	e->dir = dir;
 	e->syscall = sys;
+	e->flags = cipher ? ALOG_DATA_CIPHER : 0;
 	process_comm(e->comm);
 	if (cap > ALOG_MAX_CAPTURE)
 		cap = ALOG_MAX_CAPTURE;
@@ -676,4 +880,444 @@ SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 {
 	return on_data(sk, ret, flags, ALOG_DIR_INGRESS);
+}
+
+/* ---------------------------------------------------------------------------
+ * TLS library calls (uprobes). Attached by user space to every OpenSSL-like
+ * library or binary and every Go binary it finds (see src/capture/tls.rs).
+ * ------------------------------------------------------------------------- */
+
+/* Plaintext is copied straight into a ring-buffer reservation: uprobe programs
+ * can be preempted, so they must not share the per-CPU scratch buffer with the
+ * socket-layer programs. Reservations come in a few sizes to waste little room. */
+struct tls_emit {
+	__u64 cookie;
+	__u64 start_ns;
+	__u64 now;
+	__u64 seq;
+	__u64 buf;
+	__s64 n;
+	__s64 want;
+	__s32 fd;
+	__u8 dir;
+	__u8 sys;
+};
+
+static __always_inline bool tls_allowed(__u64 pid_tgid)
+{
+	__u32 tgid = pid_tgid >> 32;
+
+	if (tgid == self_tgid)
+		return false;
+	if (!pid_allowed(tgid))
+		return false;
+	if (filter_cgroup && !cgroup_allowed(bpf_get_current_cgroup_id()))
+		return false;
+	return true;
+}
+
+static __always_inline int emit_plain_room(const struct tls_emit *x, const __u32 room)
+{
+	struct alog_data_event *e;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	long n;
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e) + room, 0);
+	if (!e)
+		return -1;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->hdr.kind = ALOG_EV_DATA;
+	e->cookie = x->cookie;
+	e->ts_ns = x->now;
+	e->start_ns = x->start_ns;
+	e->seq = x->seq;
+	e->ret = x->n;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->tgid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->fd = x->fd;
+	e->dir = x->dir;
+	e->syscall = x->sys;
+	e->flags = ALOG_DATA_TLS;
+	process_comm(e->comm);
+	n = x->want;
+	if (n > room)
+		n = room;
+	barrier_var(n);
+	if (n > 0 && n <= room) {
+		if (bpf_probe_read_user(e->payload, n, (const void *)x->buf)) {
+			count(ALOG_CNT_READ_FAULT);
+			n = 0;
+		}
+	} else {
+		n = 0;
+	}
+	e->cap_len = n;
+	bpf_ringbuf_submit(e, rb_flags());
+	return 0;
+}
+
+static __always_inline void emit_plain(const struct tls_emit *x)
+{
+	int err;
+
+	if (x->want <= 256)
+		err = emit_plain_room(x, 256);
+	else if (x->want <= 1024)
+		err = emit_plain_room(x, 1024);
+	else if (x->want <= 4096)
+		err = emit_plain_room(x, 4096);
+	else
+		err = emit_plain_room(x, ALOG_MAX_CAPTURE);
+	if (err) {
+		count(ALOG_CNT_DROP_DATA);
+		return;
+	}
+	count(ALOG_CNT_DATA_EVENTS);
+	count(ALOG_CNT_TLS_PLAINTEXT);
+}
+
+/* Remember the socket an SSL object (or tls.Conn) uses. */
+static __always_inline void learn_socket(__u32 tgid, const struct tls_call *c)
+{
+	struct ssl_key k = {};
+	struct ssl_sock v = {};
+	struct ssl_sock *old;
+
+	k.tgid = tgid;
+	k.ptr = c->ssl;
+	old = bpf_map_lookup_elem(&ssl_socks, &k);
+	if (old && old->cookie == c->cookie && old->fd == c->fd && old->ignored == c->ignored)
+		return;
+	v.cookie = c->cookie;
+	v.fd = c->fd;
+	v.ignored = c->ignored;
+	bpf_map_update_elem(&ssl_socks, &k, &v, BPF_ANY);
+}
+
+static __always_inline void tls_enter(const struct tls_key *k, __u64 ssl, __u64 buf, __u64 num,
+				      __u64 arg4, __u8 op)
+{
+	struct tls_call c = {};
+
+	c.ssl = ssl;
+	c.buf = buf;
+	c.num = num;
+	c.arg4 = arg4;
+	c.start_ns = bpf_ktime_get_ns();
+	c.fd = -1;
+	c.op = op;
+	/* A handshake run inside a read or write belongs to that call. */
+	bpf_map_update_elem(&tls_calls, k, &c, op == TLS_OP_HS ? BPF_NOEXIST : BPF_ANY);
+}
+
+static __always_inline void tls_hs_return(const struct tls_key *k)
+{
+	struct tls_call *c = bpf_map_lookup_elem(&tls_calls, k);
+
+	if (!c || c->op != TLS_OP_HS)
+		return;
+	if (c->cookie)
+		learn_socket(k->tgid, c);
+	bpf_map_delete_elem(&tls_calls, k);
+}
+
+/* How a call reports the bytes it moved. */
+enum tls_ret_mode {
+	TLS_RET_COUNT = 0,    /* the return value is the byte count */
+	TLS_RET_EX = 1,       /* returns > 0, count through the size_t * in arg4 */
+	TLS_RET_SENDFILE = 2, /* byte count, plaintext came from a file: no payload */
+};
+
+static __always_inline void tls_return(const struct tls_key *k, __s64 ret, __u8 mode, __u8 dir,
+				       __u8 sys)
+{
+	struct tls_call *cp = bpf_map_lookup_elem(&tls_calls, k);
+	struct tls_emit x = {};
+	struct tls_sock *ts;
+	struct tls_call c;
+	__s64 n = ret;
+
+	if (!cp || cp->op != TLS_OP_RW)
+		return;
+	c = *cp;
+	bpf_map_delete_elem(&tls_calls, k);
+
+	if (mode == TLS_RET_EX) {
+		__u64 done = 0;
+
+		n = 0;
+		/* The _ex wrappers return 1, the internal functions any positive value. */
+		if (ret > 0) {
+			if (c.arg4 && !bpf_probe_read_user(&done, sizeof(done), (const void *)c.arg4))
+				n = done;
+			else if (dir == ALOG_DIR_EGRESS)
+				n = c.num; /* SSL_write_ex succeeds only whole */
+		}
+	}
+
+	if (c.cookie) {
+		learn_socket(k->tgid, &c);
+	} else {
+		/* Served from the library's buffer: no socket call in this one. */
+		struct ssl_key sk = {};
+		struct ssl_sock *m;
+
+		sk.tgid = k->tgid;
+		sk.ptr = c.ssl;
+		m = bpf_map_lookup_elem(&ssl_socks, &sk);
+		if (m) {
+			c.cookie = m->cookie;
+			c.fd = m->fd;
+			c.ignored = m->ignored;
+		}
+	}
+	if (n <= 0)
+		return;
+	if (c.ignored) {
+		count(ALOG_CNT_FILTERED);
+		return;
+	}
+	ts = c.cookie ? bpf_map_lookup_elem(&tls_socks, &c.cookie) : 0;
+	if (!ts) {
+		count(ALOG_CNT_TLS_UNATTRIBUTED);
+		return;
+	}
+	x.cookie = c.cookie;
+	x.start_ns = c.start_ns;
+	x.now = bpf_ktime_get_ns();
+	x.seq = ts->seq++;
+	x.buf = c.buf;
+	x.n = n;
+	x.want = mode == TLS_RET_SENDFILE ? 0 : (n < capture_bytes ? n : capture_bytes);
+	x.fd = c.fd;
+	x.dir = dir;
+	x.sys = sys;
+	emit_plain(&x);
+}
+
+static __always_inline void thread_key(struct tls_key *k, __u64 pid_tgid)
+{
+	k->tgid = pid_tgid >> 32;
+	k->kind = TLS_KEY_THREAD;
+	k->id = (__u32)pid_tgid;
+}
+
+/* OpenSSL / BoringSSL / LibreSSL: SSL_read, SSL_write (ssl, buf, num),
+ * SSL_read_ex, SSL_write_ex (ssl, buf, num, size_t *processed), SSL_sendfile. */
+SEC("uprobe")
+int BPF_KPROBE(ssl_enter, void *ssl, void *buf, __u64 num, void *arg4)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct tls_key k = {};
+
+	if (!tls_allowed(pid_tgid))
+		return 0;
+	thread_key(&k, pid_tgid);
+	tls_enter(&k, (__u64)ssl, (__u64)buf, num, (__u64)arg4, TLS_OP_RW);
+	return 0;
+}
+
+/* SSL_do_handshake (SSL_connect and SSL_accept run it): ties the SSL object to
+ * its socket and marks the socket TLS before any application data. */
+SEC("uprobe")
+int BPF_KPROBE(ssl_hs_enter, void *ssl)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct tls_key k = {};
+
+	if (!tls_allowed(pid_tgid))
+		return 0;
+	thread_key(&k, pid_tgid);
+	tls_enter(&k, (__u64)ssl, 0, 0, 0, TLS_OP_HS);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_hs_ret)
+{
+	struct tls_key k = {};
+
+	thread_key(&k, bpf_get_current_pid_tgid());
+	tls_hs_return(&k);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_read_ret, int ret)
+{
+	struct tls_key k = {};
+
+	thread_key(&k, bpf_get_current_pid_tgid());
+	tls_return(&k, ret, TLS_RET_COUNT, ALOG_DIR_INGRESS, ALOG_SYS_SSL_READ);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_read_ex_ret, int ret)
+{
+	struct tls_key k = {};
+
+	thread_key(&k, bpf_get_current_pid_tgid());
+	tls_return(&k, ret, TLS_RET_EX, ALOG_DIR_INGRESS, ALOG_SYS_SSL_READ);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_write_ret, int ret)
+{
+	struct tls_key k = {};
+
+	thread_key(&k, bpf_get_current_pid_tgid());
+	tls_return(&k, ret, TLS_RET_COUNT, ALOG_DIR_EGRESS, ALOG_SYS_SSL_WRITE);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_write_ex_ret, int ret)
+{
+	struct tls_key k = {};
+
+	thread_key(&k, bpf_get_current_pid_tgid());
+	tls_return(&k, ret, TLS_RET_EX, ALOG_DIR_EGRESS, ALOG_SYS_SSL_WRITE);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_sendfile_ret, long ret)
+{
+	struct tls_key k = {};
+
+	thread_key(&k, bpf_get_current_pid_tgid());
+	tls_return(&k, ret, TLS_RET_SENDFILE, ALOG_DIR_EGRESS, ALOG_SYS_SSL_WRITE);
+	return 0;
+}
+
+/*
+ * Go crypto/tls, register ABI (Go >= 1.17, amd64): on entry RAX = *Conn,
+ * RBX = b.ptr, RCX = b.len; at return RAX = n. R14 = current goroutine (g).
+ * Returns are uprobes on each RET instruction (uretprobes break Go's movable
+ * stacks).
+ */
+static __always_inline void go_key(struct tls_key *k, const struct pt_regs *ctx)
+{
+	k->tgid = bpf_get_current_pid_tgid() >> 32;
+	k->kind = TLS_KEY_GOROUTINE;
+#if defined(__TARGET_ARCH_x86)
+	k->id = ctx->r14;
+#else
+	k->id = 0; /* other architectures: not probed (user space attaches x86-64 only) */
+#endif
+}
+
+/* Go register ABI arguments and results (x86-64). */
+#if defined(__TARGET_ARCH_x86)
+#define GO_ARG1(ctx) ((ctx)->ax)
+#define GO_ARG2(ctx) ((ctx)->bx)
+#define GO_ARG3(ctx) ((ctx)->cx)
+#define GO_RET1(ctx) ((ctx)->ax)
+#else
+#define GO_ARG1(ctx) 0
+#define GO_ARG2(ctx) 0
+#define GO_ARG3(ctx) 0
+#define GO_RET1(ctx) 0
+#endif
+
+static __always_inline void go_enter(const struct pt_regs *ctx, __u8 op)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct tls_key k = {};
+	__u32 tgid = pid_tgid >> 32;
+	__u8 one = 1;
+
+	if (!tls_allowed(pid_tgid))
+		return;
+	go_key(&k, ctx);
+	if (!k.id)
+		return;
+	if (!go_tls_seen)
+		go_tls_seen = 1;
+	if (!bpf_map_lookup_elem(&go_procs, &tgid))
+		bpf_map_update_elem(&go_procs, &tgid, &one, BPF_ANY);
+	tls_enter(&k, GO_ARG1(ctx), GO_ARG2(ctx), GO_ARG3(ctx), 0, op);
+}
+
+SEC("uprobe")
+int go_tls_enter(struct pt_regs *ctx)
+{
+	go_enter(ctx, TLS_OP_RW);
+	return 0;
+}
+
+SEC("uprobe")
+int go_tls_hs_enter(struct pt_regs *ctx)
+{
+	go_enter(ctx, TLS_OP_HS);
+	return 0;
+}
+
+SEC("uprobe")
+int go_tls_hs_ret(struct pt_regs *ctx)
+{
+	struct tls_key k = {};
+
+	go_key(&k, ctx);
+	tls_hs_return(&k);
+	return 0;
+}
+
+SEC("uprobe")
+int go_tls_read_ret(struct pt_regs *ctx)
+{
+	struct tls_key k = {};
+
+	go_key(&k, ctx);
+	tls_return(&k, (__s64)GO_RET1(ctx), TLS_RET_COUNT, ALOG_DIR_INGRESS, ALOG_SYS_GO_TLS_READ);
+	return 0;
+}
+
+SEC("uprobe")
+int go_tls_write_ret(struct pt_regs *ctx)
+{
+	struct tls_key k = {};
+
+	go_key(&k, ctx);
+	tls_return(&k, (__s64)GO_RET1(ctx), TLS_RET_COUNT, ALOG_DIR_EGRESS, ALOG_SYS_GO_TLS_WRITE);
+	return 0;
+}
+
+/* A new program image: user space looks for TLS code in it. Rare enough to wake
+ * the reader at once, which shortens the time a new binary runs unprobed. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct alog_exec_event *e;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	__u64 cg;
+
+	if (tgid == self_tgid || !pid_allowed(tgid))
+		return 0;
+	cg = bpf_get_current_cgroup_id();
+	if (!cgroup_allowed(cg))
+		return 0;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(ALOG_CNT_DROP_EXEC);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->hdr.kind = ALOG_EV_EXEC;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = cg;
+	e->pid = tgid;
+	e->old_pid = old_pid;
+	/* Identity and path of the executable: a process that exits before user space
+	 * looks at /proc/PID can still have its binary found and probed. */
+	e->ino = BPF_CORE_READ(bprm, file, f_inode, i_ino);
+	e->dev = BPF_CORE_READ(bprm, file, f_inode, i_sb, s_dev);
+	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
+	process_comm(e->comm);
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	return 0;
 }

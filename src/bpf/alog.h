@@ -16,6 +16,9 @@
 enum alog_event_kind {
 	ALOG_EV_DATA = 1,
 	ALOG_EV_CONN = 2,
+	/* A process called execve(): user space looks for TLS libraries in it.
+	 * Consumed by the capture layer itself, never handed to the engine. */
+	ALOG_EV_EXEC = 3,
 };
 
 /* What happened to a connection (alog_conn_event.type). */
@@ -52,6 +55,17 @@ enum alog_conn_flags {
 	ALOG_F_IGNORED = 1 << 6,       /* filtered out: no events */
 	ALOG_F_DATA_LOST = 1 << 7,     /* a data event of this socket was dropped */
 	ALOG_F_ANNOUNCED = 1 << 8,     /* user space has had an opening event for it */
+	ALOG_F_TLS = 1 << 9,           /* socket seen carrying TLS (a TLS library call used it) */
+};
+
+/* alog_data_event.flags */
+enum alog_data_flags {
+	/* Plaintext from a TLS library call (SSL_read/SSL_write, Go crypto/tls): the
+	 * payload is the application's bytes; cookie is the TCP socket underneath. */
+	ALOG_DATA_TLS = 1,
+	/* Bytes of a socket call on a connection known to carry TLS: no payload copied
+	 * (cap_len 0); user space must not parse it. */
+	ALOG_DATA_CIPHER = 2,
 };
 
 /* Direction of a data event. */
@@ -77,6 +91,11 @@ enum alog_syscall {
 	ALOG_SYS_SPLICE = 12,
 	ALOG_SYS_PREADV2 = 13,
 	ALOG_SYS_PWRITEV2 = 14,
+	/* TLS library calls (plaintext events, ALOG_DATA_TLS) */
+	ALOG_SYS_SSL_READ = 20,      /* SSL_read, SSL_read_ex */
+	ALOG_SYS_SSL_WRITE = 21,     /* SSL_write, SSL_write_ex, SSL_sendfile */
+	ALOG_SYS_GO_TLS_READ = 22,   /* crypto/tls.(*Conn).Read */
+	ALOG_SYS_GO_TLS_WRITE = 23,  /* crypto/tls.(*Conn).Write */
 };
 
 /* Indexes into the per-CPU counter array `counters`. */
@@ -91,6 +110,9 @@ enum alog_counter {
 	ALOG_CNT_READ_FAULT = 7,       /* payload could not be read from user memory */
 	ALOG_CNT_SELF = 8,             /* socket calls of this tool itself, skipped */
 	ALOG_CNT_WAKEUPS = 9,          /* forced ring-buffer wake-ups */
+	ALOG_CNT_TLS_UNATTRIBUTED = 10, /* TLS plaintext whose socket could not be found: dropped */
+	ALOG_CNT_TLS_PLAINTEXT = 11,   /* TLS plaintext events written (also in DATA_EVENTS) */
+	ALOG_CNT_DROP_EXEC = 12,       /* exec notifications lost: ring buffer full */
 	ALOG_CNT_MAX = 16,
 };
 
@@ -105,9 +127,11 @@ struct alog_data_event {
 	__u64 cookie;      /* socket cookie: connection identity, never reused */
 	__u64 ts_ns;       /* CLOCK_MONOTONIC at the end of the call */
 	__u64 start_ns;    /* start of the call for TCP sends (first tcp_sendmsg_locked);
-			    * equal to ts_ns for receives, whose start is only waiting */
-	__u64 seq;         /* per-socket data event number, from 0 */
-	__s64 ret;         /* bytes moved by the call */
+			    * equal to ts_ns for receives, whose start is only waiting;
+			    * entry of the library call for TLS plaintext */
+	__u64 seq;         /* per-socket data event number, from 0: one sequence for
+			    * socket calls and TLS plaintext of the same socket */
+	__s64 ret;         /* bytes moved by the call (plaintext bytes for TLS) */
 	__u64 cgroup_id;
 	__u32 tgid;
 	__u32 tid;
@@ -115,7 +139,8 @@ struct alog_data_event {
 	__u32 cap_len;     /* bytes of payload that follow */
 	__u8 dir;          /* enum alog_dir */
 	__u8 syscall;      /* enum alog_syscall */
-	__u8 pad[6];
+	__u8 flags;        /* enum alog_data_flags */
+	__u8 pad[5];
 	char comm[16];
 	__u8 payload[0];
 };
@@ -153,6 +178,24 @@ struct alog_conn_event {
 	__u8 saddr[16];         /* local address (IPv4 in the first 4 bytes) */
 	__u8 daddr[16];         /* remote address */
 	char comm[16];
+};
+
+/* Bytes of the execve path carried by an exec event. */
+#define ALOG_EXEC_PATH 256
+
+/* A process image was replaced (execve): sent so that user space can attach TLS
+ * probes to new binaries and libraries. */
+struct alog_exec_event {
+	struct alog_hdr hdr;
+	__u64 ts_ns;
+	__u64 cgroup_id;
+	__u64 ino;              /* inode of the executable */
+	__u32 dev;              /* its device, kernel encoding (major << 20 | minor) */
+	__u32 pid;              /* tgid after the exec */
+	__u32 old_pid;          /* thread that called execve */
+	__u32 pad;
+	char comm[16];
+	char filename[ALOG_EXEC_PATH]; /* path given to execve (process's view) */
 };
 
 #endif /* ALOG_H */

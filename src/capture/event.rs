@@ -20,8 +20,53 @@ pub struct DataEvent<'a> {
     pub fd: i32,
     pub dir: Direction,
     pub syscall: Syscall,
+    /// `alog_data_flags`: ALOG_DATA_TLS (plaintext of a TLS library call) or
+    /// ALOG_DATA_CIPHER (socket call of a TLS connection, no payload).
+    pub flags: u8,
     pub comm: [u8; 16],
     pub payload: &'a [u8],
+}
+
+impl DataEvent<'_> {
+    /// Plaintext of a TLS library call (SSL_read/SSL_write, Go crypto/tls): `cookie` is the
+    /// TCP socket underneath, `payload` the application's bytes.
+    pub fn is_tls_plaintext(&self) -> bool {
+        u32::from(self.flags) & types::alog_data_flags::ALOG_DATA_TLS.0 != 0
+    }
+
+    /// A socket call of a connection known to carry TLS: `len` bytes of ciphertext moved,
+    /// no payload copied. Must not be parsed.
+    pub fn is_ciphertext(&self) -> bool {
+        u32::from(self.flags) & types::alog_data_flags::ALOG_DATA_CIPHER.0 != 0
+    }
+}
+
+/// A process replaced its image (execve). Consumed by the capture layer (TLS probes).
+#[derive(Debug, Clone)]
+pub struct ExecEvent {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub old_pid: u32,
+    /// Inode and device (user-space `st_dev` encoding) of the executable.
+    pub ino: u64,
+    pub dev: u64,
+    /// The path given to execve, as the process saw it (its mount namespace, maybe relative).
+    pub filename: String,
+    pub comm: [u8; 16],
+}
+
+/// A kernel device number (MKDEV: major << 20 | minor) in user space's `st_dev` encoding.
+pub fn user_dev(kdev: u32) -> u64 {
+    let (major, minor) = (u64::from(kdev >> 20), u64::from(kdev & 0xf_ffff));
+    ((major & 0xfff) << 8) | (minor & 0xff) | ((major & !0xfff) << 32) | ((minor & !0xff) << 12)
+}
+
+/// Any ring-buffer record: events for the handler, and the capture layer's own.
+#[derive(Debug, Clone)]
+pub enum Record<'a> {
+    Event(Event<'a>),
+    Exec(ExecEvent),
 }
 
 /// What happened to a connection.
@@ -98,6 +143,18 @@ pub enum Syscall {
     Splice,
     Preadv2,
     Pwritev2,
+    /// SSL_read, SSL_read_ex (plaintext)
+    #[serde(rename = "ssl_read")]
+    SslRead,
+    /// SSL_write, SSL_write_ex, SSL_sendfile (plaintext)
+    #[serde(rename = "ssl_write")]
+    SslWrite,
+    /// crypto/tls.(*Conn).Read (plaintext)
+    #[serde(rename = "go_tls_read")]
+    GoTlsRead,
+    /// crypto/tls.(*Conn).Write (plaintext)
+    #[serde(rename = "go_tls_write")]
+    GoTlsWrite,
 }
 
 impl Syscall {
@@ -118,8 +175,20 @@ impl Syscall {
             S::ALOG_SYS_SPLICE => Self::Splice,
             S::ALOG_SYS_PREADV2 => Self::Preadv2,
             S::ALOG_SYS_PWRITEV2 => Self::Pwritev2,
+            S::ALOG_SYS_SSL_READ => Self::SslRead,
+            S::ALOG_SYS_SSL_WRITE => Self::SslWrite,
+            S::ALOG_SYS_GO_TLS_READ => Self::GoTlsRead,
+            S::ALOG_SYS_GO_TLS_WRITE => Self::GoTlsWrite,
             _ => Self::Other,
         }
+    }
+
+    /// True for the TLS library calls (plaintext events).
+    pub fn is_tls(self) -> bool {
+        matches!(
+            self,
+            Self::SslRead | Self::SslWrite | Self::GoTlsRead | Self::GoTlsWrite
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -139,6 +208,10 @@ impl Syscall {
             Self::Splice => "splice",
             Self::Preadv2 => "preadv2",
             Self::Pwritev2 => "pwritev2",
+            Self::SslRead => "ssl_read",
+            Self::SslWrite => "ssl_write",
+            Self::GoTlsRead => "go_tls_read",
+            Self::GoTlsWrite => "go_tls_write",
         }
     }
 }
@@ -164,6 +237,11 @@ fn comm_bytes(c: [i8; 16]) -> [u8; 16] {
     c.map(|b| b as u8)
 }
 
+/// Bytes of a NUL-terminated kernel string field.
+fn comm_bytes_n(c: &[i8]) -> Vec<u8> {
+    c.iter().map(|&b| b as u8).take_while(|&b| b != 0).collect()
+}
+
 /// The process name in a kernel `comm` field.
 pub fn comm_str(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
@@ -186,9 +264,38 @@ fn addr(family: u16, raw: [u8; 16], port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// Decode one ring-buffer record.
+/// Decode one ring-buffer record meant for the event handler (data and connection
+/// events); exec notifications are the capture layer's own (see `decode_record`).
 pub fn decode(data: &[u8]) -> Result<Event<'_>, DecodeError> {
+    match decode_record(data)? {
+        Record::Event(e) => Ok(e),
+        Record::Exec(_) => Err(DecodeError::UnknownKind(
+            types::alog_event_kind::ALOG_EV_EXEC.0 as u8,
+        )),
+    }
+}
+
+/// Decode any ring-buffer record.
+pub fn decode_record(data: &[u8]) -> Result<Record<'_>, DecodeError> {
     let hdr: types::alog_hdr = read_struct(data)?;
+    if types::alog_event_kind(u32::from(hdr.kind)) == types::alog_event_kind::ALOG_EV_EXEC {
+        let e: types::alog_exec_event = read_struct(data)?;
+        let name = comm_bytes_n(&e.filename);
+        return Ok(Record::Exec(ExecEvent {
+            ts_ns: e.ts_ns,
+            cgroup_id: e.cgroup_id,
+            pid: e.pid,
+            old_pid: e.old_pid,
+            ino: e.ino,
+            dev: user_dev(e.dev),
+            filename: String::from_utf8_lossy(&name).into_owned(),
+            comm: comm_bytes(e.comm),
+        }));
+    }
+    decode_event(data, hdr).map(Record::Event)
+}
+
+fn decode_event(data: &[u8], hdr: types::alog_hdr) -> Result<Event<'_>, DecodeError> {
     match types::alog_event_kind(u32::from(hdr.kind)) {
         types::alog_event_kind::ALOG_EV_DATA => {
             let e: types::alog_data_event = read_struct(data)?;
@@ -215,6 +322,7 @@ pub fn decode(data: &[u8]) -> Result<Event<'_>, DecodeError> {
                 fd: e.fd,
                 dir,
                 syscall: Syscall::from_raw(e.syscall),
+                flags: e.flags,
                 comm: comm_bytes(e.comm),
                 payload: &data[start.min(end)..end],
             }))
@@ -306,6 +414,76 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn tls_flags_and_syscalls() {
+        let mut e = types::alog_data_event::default();
+        e.hdr.kind = 1;
+        e.ret = 5;
+        e.cap_len = 5;
+        e.dir = 1;
+        e.syscall = 21;
+        e.flags = 1;
+        let mut b = bytes_of(&e);
+        b.extend_from_slice(b"GET /");
+        match decode(&b).unwrap() {
+            Event::Data(d) => {
+                assert!(d.is_tls_plaintext());
+                assert!(!d.is_ciphertext());
+                assert_eq!(d.syscall, Syscall::SslWrite);
+                assert_eq!(d.syscall.name(), "ssl_write");
+                assert!(d.syscall.is_tls());
+                assert_eq!(d.payload, b"GET /");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for (raw, name) in [
+            (20u8, "ssl_read"),
+            (21, "ssl_write"),
+            (22, "go_tls_read"),
+            (23, "go_tls_write"),
+        ] {
+            let s = Syscall::from_raw(raw);
+            assert_eq!(s.name(), name);
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{name}\""));
+        }
+        e.flags = 2;
+        e.syscall = 1;
+        e.cap_len = 0;
+        match decode(&bytes_of(&e)).unwrap() {
+            Event::Data(d) => {
+                assert!(d.is_ciphertext());
+                assert!(!d.is_tls_plaintext());
+                assert!(d.payload.is_empty());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_records_are_not_handler_events() {
+        let mut e = types::alog_exec_event::default();
+        e.hdr.kind = 3;
+        e.pid = 4242;
+        e.comm[..4].copy_from_slice(&[b'c' as i8, b'u' as i8, b'r' as i8, b'l' as i8]);
+        let b = bytes_of(&e);
+        assert_eq!(decode(&b).unwrap_err(), DecodeError::UnknownKind(3));
+        match decode_record(&b).unwrap() {
+            Record::Exec(x) => {
+                assert_eq!(x.pid, 4242);
+                assert_eq!(comm_str(&x.comm), "curl");
+                assert_eq!(x.filename, "");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn device_numbers() {
+        // 8:1 (sda1) and 259:65536 (a large minor)
+        assert_eq!(user_dev((8 << 20) | 1), libc::makedev(8, 1));
+        assert_eq!(user_dev((259 << 20) | 65536), libc::makedev(259, 65536));
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Kernel capture: load and attach the BPF programs, drain the ring buffer, decode events.
+//!
+//! TLS: uprobes on TLS libraries and Go binaries (see `tls`) add plaintext events; they
+//! are on unless `K8S_ALOG_TLS=0`. `K8S_ALOG_DEBUG_EVENTS=PATH` logs every event (`debug`).
 
+pub mod debug;
 pub mod event;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -10,7 +15,10 @@ use std::time::{Duration, Instant};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
-pub use event::{comm_str, ConnEvent, ConnKind, DataEvent, DecodeError, Event, Syscall};
+pub use event::{
+    comm_str, ConnEvent, ConnKind, DataEvent, DecodeError, Event, ExecEvent, Record, Syscall,
+};
+pub use tls::{TlsAttachStats, TlsStatsSource};
 
 pub mod skel {
     //! The generated libbpf-rs skeleton (see build.rs).
@@ -102,6 +110,10 @@ pub struct KernelCounters {
     pub read_fault: u64,
     pub self_calls: u64,
     pub wakeups: u64,
+    /// TLS plaintext events written (also counted in `data_events`).
+    pub tls_plaintext: u64,
+    /// TLS plaintext whose socket could not be found: counted, event dropped.
+    pub tls_unattributed: u64,
 }
 
 /// Receives everything capture produces, on the polling thread.
@@ -119,6 +131,23 @@ pub struct Capture {
     skel: AlogSkel<'static>,
     _links: Vec<Link>,
     attached_at: Instant,
+    /// TLS probes (None when disabled with K8S_ALOG_TLS=0).
+    tls: RefCell<Option<tls::TlsProbes>>,
+    tls_stats: TlsStatsSource,
+    debug: RefCell<Option<debug::DebugLog>>,
+}
+
+/// The environment variable that turns TLS probes off ("0", "off", "false", "no").
+pub const TLS_ENV: &str = "K8S_ALOG_TLS";
+
+fn tls_enabled() -> bool {
+    match std::env::var(TLS_ENV) {
+        Ok(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "off" | "false" | "no"
+        ),
+        Err(_) => true,
+    }
 }
 
 impl Capture {
@@ -204,12 +233,48 @@ impl Capture {
                 .map_err(|e| CaptureError::refused(format!("attaching {name}"), e))?;
             links.push(link);
         }
+        let mut debug_log = debug::DebugLog::from_env();
+        let mut tls_probes = None;
+        let mut tls_stats = TlsStatsSource::default();
+        if tls_enabled() {
+            // Exec notifications first, so that no process started during the scan
+            // below goes unseen.
+            match skel.progs.on_exec.attach() {
+                Ok(l) => links.push(l),
+                Err(e) => tracing::warn!(
+                    "TLS: cannot follow new processes (sched_process_exec: {e}): only TLS code present at start is probed"
+                ),
+            }
+            let probes = tls::TlsProbes::start(&skel, &cfg.pids, |n| {
+                if let Some(d) = debug_log.as_mut() {
+                    d.attach(&n);
+                }
+            });
+            tls_stats = probes.stats_source();
+            tls_probes = Some(probes);
+        } else {
+            tracing::info!("TLS probes off ({TLS_ENV})");
+        }
         tracing::debug!("attached {} programs", links.len());
         Ok(Self {
             skel,
             _links: links,
             attached_at: Instant::now(),
+            tls: RefCell::new(tls_probes),
+            tls_stats,
+            debug: RefCell::new(debug_log),
         })
+    }
+
+    /// TLS probe attachment counters now.
+    pub fn tls_stats(&self) -> TlsAttachStats {
+        self.tls_stats.get()
+    }
+
+    /// A handle to read TLS probe counters from elsewhere (e.g. an event handler's
+    /// `on_tick`, while `run` borrows the capture).
+    pub fn tls_stats_source(&self) -> TlsStatsSource {
+        self.tls_stats.clone()
     }
 
     /// When the programs were attached.
@@ -234,8 +299,21 @@ impl Capture {
         builder
             .add(&self.skel.maps.events, |data: &[u8]| {
                 let mut h = handler.borrow_mut();
-                match event::decode(data) {
-                    Ok(ev) => h.on_event(ev),
+                match event::decode_record(data) {
+                    Ok(Record::Event(ev)) => {
+                        if let Some(d) = self.debug.borrow_mut().as_mut() {
+                            d.event(&ev);
+                        }
+                        h.on_event(ev)
+                    }
+                    Ok(Record::Exec(x)) => {
+                        if let Some(d) = self.debug.borrow_mut().as_mut() {
+                            d.exec(&x);
+                        }
+                        if let Some(t) = self.tls.borrow_mut().as_mut() {
+                            t.on_exec(&x);
+                        }
+                    }
                     Err(e) => h.on_bad_record(e),
                 }
                 0
@@ -256,10 +334,21 @@ impl Capture {
                 }
             }
             let _ = rb.consume();
+            // New TLS code found by the worker: attached here, a bounded stretch at a time.
+            if let Some(t) = self.tls.borrow_mut().as_mut() {
+                t.attach_pending(&self.skel, |n| {
+                    if let Some(d) = self.debug.borrow_mut().as_mut() {
+                        d.attach(&n);
+                    }
+                });
+            }
             if stopping || last_tick.elapsed() >= tick {
                 last_tick = Instant::now();
                 let c = self.counters();
                 handler.borrow_mut().on_tick(monotonic_ns(), &c);
+                if let Some(d) = self.debug.borrow_mut().as_mut() {
+                    d.flush();
+                }
             }
             if stopping {
                 break;
@@ -297,6 +386,8 @@ fn read_counters(skel: &AlogSkel<'_>) -> KernelCounters {
         read_fault: get(C::ALOG_CNT_READ_FAULT),
         self_calls: get(C::ALOG_CNT_SELF),
         wakeups: get(C::ALOG_CNT_WAKEUPS),
+        tls_plaintext: get(C::ALOG_CNT_TLS_PLAINTEXT),
+        tls_unattributed: get(C::ALOG_CNT_TLS_UNATTRIBUTED),
     }
 }
 

@@ -85,6 +85,7 @@ mod tests {
             user: UserCounters::default(),
             lost: LossCounters::default(),
             attribution: None,
+            tls_not_visible: Vec::new(),
         });
         s.write(&rec).unwrap();
         s.write(&rec).unwrap();
