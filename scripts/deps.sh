@@ -7,7 +7,7 @@ pkgs=(
     # build
     clang libelf-dev zlib1g-dev pkg-config bpftool make
     # real peers for the capture tests
-    curl nginx wrk python3 python3-pip nghttp2-client nghttp2-server openssl golang-go
+    curl nginx wrk python3 python3-pip nghttp2-client nghttp2-server openssl golang-go gcc libssl-dev
     # the simulated node and the real containerd of the Kubernetes tests
     iproute2 nftables containerd runc containernetworking-plugins busybox-static
 )

@@ -6,10 +6,15 @@
 //!
 //! What stays racy: a binary or library seen for the first time (a new Go binary, a
 //! container image's own libssl) is probed only after its exec notification reached user
-//! space and the file was analysed, usually a few milliseconds; TLS calls made before
-//! that are not seen. Libraries in the usual directories (the host's and, at its first
-//! exec, each container root's) are attached before they are mapped, so the common case,
-//! the system libssl, has no race.
+//! space and the file was analysed, usually a few milliseconds; TLS calls made before that
+//! are not seen. Libraries in the usual directories (the host's and, at its first exec,
+//! each container root's) are attached before they are mapped, so the common case, the
+//! system libssl, has no race. A process that exits before the worker looks at it still
+//! gets its executable probed through the path it was started with, when that path means
+//! the same file (device and inode) from here (host processes), so its next runs are
+//! covered; a library mapped only by processes that all exit before a maps rescan sees
+//! them is missed until one is caught alive (rescans at 20 ms, 300 ms, 3 s after exec,
+//! then every 60 s).
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fs::File;
@@ -197,11 +202,11 @@ impl Scanner {
         if !self.wanted(pid) {
             return false;
         }
+        // By the path it was started with first, when that path leads to the very same
+        // file from here: this works even if the process is already gone (short-lived).
+        self.exe_by_path(x, out);
         self.scan_root(pid, out);
         if std::fs::symlink_metadata(format!("/proc/{pid}/exe")).is_err() {
-            // Already gone (a short-lived process): find its executable by the path it
-            // was started with, if that path leads to the very same file from here.
-            self.exe_by_path(x, out);
             return false;
         }
         let dynamic = self.scan_exe(pid, out);
@@ -252,29 +257,32 @@ impl Scanner {
         let Some(id) = FileId::of(&exe) else {
             return false;
         };
-        if lock(&self.registry).contains_key(&id) {
-            return self.dynamic.get(&id).copied().unwrap_or(true);
-        }
-        // The libssl this executable links directly (found by the loader's rules).
-        if let Ok(m) = tls::elf::Mapped::open(&exe) {
-            if let Ok(f) = m.parse() {
-                let needs = tls::elf::needs(&f);
-                if self.dynamic.len() > 100_000 {
-                    self.dynamic.clear();
-                }
-                self.dynamic.insert(id, tls::elf::is_dynamic(&f));
-                let root = PathBuf::from(format!("/proc/{pid}/root"));
-                for p in procfs::resolve_needed_ssl(&root, &target, &needs) {
-                    let shown = format!(
-                        "{} (needed by {})",
-                        Path::new("/")
-                            .join(p.strip_prefix(&root).unwrap_or(&p))
-                            .display(),
-                        target.display()
-                    );
-                    self.consider(&p, shown, Origin::Library, out);
+        // Parsed once per executable: the libssl it links directly (found by the
+        // loader's rules), and whether it is dynamically linked at all.
+        if !self.dynamic.contains_key(&id) {
+            if let Ok(m) = tls::elf::Mapped::open(&exe) {
+                if let Ok(f) = m.parse() {
+                    let needs = tls::elf::needs(&f);
+                    if self.dynamic.len() > 100_000 {
+                        self.dynamic.clear();
+                    }
+                    self.dynamic.insert(id, tls::elf::is_dynamic(&f));
+                    let root = PathBuf::from(format!("/proc/{pid}/root"));
+                    for p in procfs::resolve_needed_ssl(&root, &target, &needs) {
+                        let shown = format!(
+                            "{} (needed by {})",
+                            Path::new("/")
+                                .join(p.strip_prefix(&root).unwrap_or(&p))
+                                .display(),
+                            target.display()
+                        );
+                        self.consider(&p, shown, Origin::Library, out);
+                    }
                 }
             }
+        }
+        if lock(&self.registry).contains_key(&id) {
+            return self.dynamic.get(&id).copied().unwrap_or(true);
         }
         let shown = target.display().to_string();
         self.consider(&exe, shown, Origin::Executable, out);
