@@ -22,10 +22,12 @@ pub enum Command {
     /// Write one JSON object per access-log record (HTTP exchange, connection, statistics).
     #[command(after_help = RECORD_EXAMPLES)]
     Record(Box<RecordArgs>),
-    /// Live dashboard of services, pods, latency and errors (not yet available).
-    Top,
-    /// Stream access logs to Apache SkyWalking OAP (not yet available).
-    Push,
+    /// Live dashboard: service topology, request rates, latency, errors, access-log tail.
+    Top(Box<TopArgs>),
+    /// Stream access logs to Apache SkyWalking OAP (its eBPF access-log protocol).
+    Push(Box<PushArgs>),
+    /// What this node can do and why: kernel, BTF, program types, runtime, kubelet, API.
+    Doctor(DoctorArgs),
 }
 
 const RECORD_EXAMPLES: &str = "\
@@ -140,6 +142,42 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub capture: CaptureArgs,
 
+    #[command(flatten)]
+    pub k8s: K8sArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    /// Replay a recording instead of capturing live.
+    #[arg(long, env = "K8S_ALOG_FROM")]
+    pub from: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
+    #[command(flatten)]
+    pub k8s: K8sArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PushArgs {
+    /// OAP gRPC address(es), host:port (repeatable).
+    #[arg(long, env = "K8S_ALOG_OAP", value_delimiter = ',')]
+    pub oap: Vec<String>,
+
+    /// Replay a recording to the OAP instead of capturing live.
+    #[arg(long, env = "K8S_ALOG_FROM")]
+    pub from: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
+    #[command(flatten)]
+    pub k8s: K8sArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
     #[command(flatten)]
     pub k8s: K8sArgs,
 }

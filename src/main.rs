@@ -11,8 +11,9 @@ fn main() -> ExitCode {
     k8s_alog::init_logging(&cli.log_level);
     let res = match &cli.command {
         Command::Record(a) => k8s_alog::cmd::record::run(a),
-        Command::Top => Err(anyhow::anyhow!("`top` is not available yet; use `record`")),
-        Command::Push => Err(anyhow::anyhow!("`push` is not available yet; use `record`")),
+        Command::Top(a) => k8s_alog::cmd::top::run(a),
+        Command::Push(a) => k8s_alog::cmd::push::run(a),
+        Command::Doctor(a) => k8s_alog::cmd::doctor::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

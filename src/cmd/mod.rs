@@ -1,6 +1,10 @@
 //! Subcommands: wiring only.
 
+pub mod doctor;
+pub mod live;
+pub mod push;
 pub mod record;
+pub mod top;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -1,198 +1,30 @@
 //! `k8s-alog record`: capture and write JSON Lines.
 
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-
-use crate::capture::{
-    self, Capture, CaptureConfig, CaptureError, DecodeError, Event, EventHandler, KernelCounters,
-};
-use crate::cli::{CaptureArgs, K8sArgs, RecordArgs};
-use crate::engine::{Engine, EngineOptions};
-use crate::model::{Clock, Record};
-use crate::resolve::k8s::{K8sAttribution, K8sConfig};
-use crate::resolve::procs::ProcResolver;
-use crate::resolve::Attribution;
+use super::live::{self, LiveOptions};
+use crate::cli::RecordArgs;
 use crate::sink::jsonl::JsonlSink;
-use crate::sink::Sink;
-
-/// Capture settings from the command line.
-pub fn capture_config(a: &CaptureArgs) -> anyhow::Result<CaptureConfig> {
-    let ring = a
-        .ring_mb
-        .checked_mul(1 << 20)
-        .filter(|r| r.is_power_of_two())
-        .ok_or_else(|| {
-            CaptureError::Config(format!(
-                "--ring-mb {} must be a power of two up to 2048",
-                a.ring_mb
-            ))
-        })?;
-    Ok(CaptureConfig {
-        capture_bytes: a.capture_bytes,
-        ring_bytes: ring,
-        pids: a.pids.clone(),
-        cgroups: a.cgroups.clone(),
-        ports: a.ports.clone(),
-    })
-}
-
-/// Who the ends of records are: Kubernetes metadata from whatever the node offers, or
-/// container ids only with `--no-k8s`.
-pub fn attribution(a: &K8sArgs) -> anyhow::Result<Box<dyn Attribution>> {
-    if a.no_k8s {
-        return Ok(Box::new(ProcResolver::new("/proc")));
-    }
-    let cfg = K8sConfig {
-        host_root: a.host_root.clone(),
-        cri_sockets: a.cri_sockets.clone(),
-        containerd_state_dir: a.containerd_state.clone(),
-        kubelet_pods_dir: a.kubelet_pods_dir.clone(),
-        kubeconfig: a.kubeconfig.clone(),
-        api_server: a.api_server.clone(),
-        cluster_name: a.cluster.clone(),
-        node_name: a.node_name.clone(),
-        ..K8sConfig::default()
-    };
-    Ok(Box::new(K8sAttribution::start(cfg)?))
-}
-
-/// Engine settings from the command line and this host.
-pub fn engine_options(a: &CaptureArgs) -> EngineOptions {
-    EngineOptions {
-        keep_query: a.keep_query,
-        max_connections: a.max_connections.max(1),
-        ephemeral_ports: ephemeral_ports().unwrap_or((32768, 60999)),
-        ..EngineOptions::default()
-    }
-}
-
-fn ephemeral_ports() -> Option<(u16, u16)> {
-    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let mut it = s.split_whitespace().map(|p| p.parse::<u16>());
-    Some((it.next()?.ok()?, it.next()?.ok()?))
-}
-
-struct Recorder {
-    engine: Engine,
-    sink: JsonlSink,
-    error: Option<anyhow::Error>,
-    stats_every_ns: u64,
-    last_stats_ns: u64,
-    last_counters: KernelCounters,
-}
-
-impl Recorder {
-    fn drain(&mut self) {
-        for rec in self.engine.out.drain(..) {
-            if self.error.is_none() {
-                if let Err(e) = self.sink.write(&rec) {
-                    self.error = Some(e);
-                }
-            }
-        }
-    }
-
-    fn write_stats(&mut self, now: u64) {
-        let st = self.engine.stats(now, &self.last_counters);
-        if self.error.is_none() {
-            if let Err(e) = self.sink.write(&Record::Stats(st)) {
-                self.error = Some(e);
-            }
-        }
-    }
-}
-
-impl EventHandler for Recorder {
-    fn on_event(&mut self, ev: Event<'_>) {
-        match ev {
-            Event::Data(d) => self.engine.on_data(&d),
-            Event::Conn(c) => self.engine.on_conn(&c),
-        }
-        self.drain();
-    }
-
-    fn on_bad_record(&mut self, err: DecodeError) {
-        tracing::debug!("undecodable ring-buffer record: {err:?}");
-        self.engine.bad_record();
-    }
-
-    fn on_tick(&mut self, now: u64, counters: &KernelCounters) {
-        self.last_counters = *counters;
-        self.engine.tick(now);
-        self.drain();
-        if self.stats_every_ns > 0 && now.saturating_sub(self.last_stats_ns) >= self.stats_every_ns
-        {
-            self.last_stats_ns = now;
-            self.write_stats(now);
-        }
-        if self.error.is_none() {
-            if let Err(e) = self.sink.flush() {
-                self.error = Some(e);
-            }
-        }
-    }
-}
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
-    let cfg = capture_config(&args.capture)?;
-    let stop = super::stop_flag()?;
-    let sink = JsonlSink::open(&args.out)?;
-    let t0 = Instant::now();
-    let cap = Capture::start(&cfg)?;
-    tracing::info!(
-        "capturing: attached in {} ms, writing {}",
-        t0.elapsed().as_millis(),
-        args.out.display()
-    );
-    if let Some(secs) = args.duration {
-        let stop = stop.clone();
-        let d = Duration::from_secs_f64(secs.max(0.0));
-        std::thread::spawn(move || {
-            std::thread::sleep(d);
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
-    let now = capture::monotonic_ns();
-    let mut rec = Recorder {
-        engine: Engine::new(
-            engine_options(&args.capture),
-            Clock::now(),
-            Some(attribution(&args.k8s)?),
-            now,
-        ),
-        sink,
-        error: None,
-        stats_every_ns: (args.stats_interval.max(0.0) * 1e9) as u64,
-        last_stats_ns: now,
-        last_counters: KernelCounters::default(),
+    let mut sink = JsonlSink::open(&args.out)?;
+    let opts = LiveOptions {
+        duration: args.duration,
+        stats_interval: args.stats_interval,
+        what: format!("writing {}", args.out.display()),
     };
-    let tick = Duration::from_millis(500);
-    cap.run(&stop, tick, &mut rec)?;
-
-    let now = capture::monotonic_ns();
-    rec.last_counters = cap.counters();
-    rec.engine.finish_all(now);
-    rec.drain();
-    rec.write_stats(now);
-    if let Some(e) = rec.error.take() {
-        return Err(e);
-    }
-    rec.sink.flush()?;
-    let u = rec.engine.user_counters();
-    let l = rec.engine.loss_counters();
+    let s = live::run(&args.capture, &args.k8s, &opts, &mut sink)?;
     eprintln!(
         "k8s-alog: {} records ({} http, {} connections) in {:.1} s; kernel events {} data + {} connection; lost: {} data events, {} connection events, {} sequence gaps, {} undecodable, {} evicted",
-        rec.sink.records(),
-        u.http_records,
-        u.connection_records,
-        t0.elapsed().as_secs_f64(),
-        rec.last_counters.data_events,
-        rec.last_counters.conn_events,
-        l.ringbuf_data_events,
-        l.ringbuf_conn_events,
-        l.sequence_gaps,
-        l.bad_records,
-        l.evicted_connections,
+        sink.records(),
+        s.user.http_records,
+        s.user.connection_records,
+        s.elapsed.as_secs_f64(),
+        s.kernel.data_events,
+        s.kernel.conn_events,
+        s.loss.ringbuf_data_events,
+        s.loss.ringbuf_conn_events,
+        s.loss.sequence_gaps,
+        s.loss.bad_records,
+        s.loss.evicted_connections,
     );
     Ok(())
 }

@@ -65,6 +65,24 @@ impl Sink for JsonlSink {
     }
 }
 
+/// Reads a recording back, one record per line. A line that is not a record is an error
+/// naming its line number (a recording is our own output: damage should be seen, not skipped).
+pub fn read_records(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Record>>> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("cannot open recording {}", path.display()))?;
+    let name = path.display().to_string();
+    Ok(std::io::BufReader::new(f)
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !matches!(l, Ok(s) if s.trim().is_empty()))
+        .map(move |(i, l)| {
+            let l = l.with_context(|| format!("reading {name}"))?;
+            serde_json::from_str::<Record>(&l)
+                .with_context(|| format!("{name}:{}: not a k8s-alog record", i + 1))
+        }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,4 @@
-//! Where records go: JSONL files now; the OAP and the dashboard share the same records.
+//! Where records go: a JSONL file, the dashboard, the OAP; all share the same records.
 
 pub mod jsonl;
 
@@ -8,4 +8,32 @@ use crate::model::Record;
 pub trait Sink {
     fn write(&mut self, rec: &Record) -> anyhow::Result<()>;
     fn flush(&mut self) -> anyhow::Result<()>;
+}
+
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn write(&mut self, rec: &Record) -> anyhow::Result<()> {
+        (**self).write(rec)
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        (**self).flush()
+    }
+}
+
+/// Every record to each of several sinks (e.g. a JSONL file and the OAP).
+#[derive(Default)]
+pub struct Fanout(pub Vec<Box<dyn Sink>>);
+
+impl Sink for Fanout {
+    fn write(&mut self, rec: &Record) -> anyhow::Result<()> {
+        for s in &mut self.0 {
+            s.write(rec)?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        for s in &mut self.0 {
+            s.flush()?;
+        }
+        Ok(())
+    }
 }
