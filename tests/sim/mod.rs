@@ -78,11 +78,32 @@ pub fn script() -> PathBuf {
 pub struct SimNode {
     pub desc: SimDesc,
     root: PathBuf,
+    // Held for the node's life: there is one simulated node per machine (fixed names and
+    // addresses), so test binaries running side by side take turns.
+    _lock: std::fs::File,
+}
+
+/// The lock every user of the simulated node holds (`flock /run/lock/alogsim.lock` in shell).
+pub const LOCK_PATH: &str = "/run/lock/alogsim.lock";
+
+fn lock_machine_wide() -> std::fs::File {
+    let _ = std::fs::create_dir_all("/run/lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_PATH)
+        .expect("opening the simulated node's lock");
+    // SAFETY: flock on a descriptor we own; blocks until the other user is done.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {LOCK_PATH}");
+    f
 }
 
 impl SimNode {
     /// Build the node (needs root, iproute2, nft).
     pub fn up() -> Self {
+        let lock = lock_machine_wide();
         let root = std::env::temp_dir().join(format!("alogsim-{}", std::process::id()));
         let out = Command::new("bash")
             .arg(script())
@@ -101,6 +122,7 @@ impl SimNode {
                 services: vec![],
             },
             root: root.clone(),
+            _lock: lock,
         };
         assert!(
             out.status.success(),
