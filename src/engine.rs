@@ -10,8 +10,8 @@ use crate::capture::skel::types::alog_conn_flags as F;
 use crate::capture::{comm_str, ConnEvent, ConnKind, DataEvent, KernelCounters};
 use crate::model::{
     grpc_status_name, Clock, ConnectionRecord, Endpoint, GrpcCall, Handshake, HttpRecord,
-    LossCounters, MessageSize, ObservedBy, Record, RoleSource, StatsRecord, TcpFigures, Trace,
-    UserCounters, SCHEMA_VERSION,
+    LossCounters, MessageSize, ObservedBy, Record, RoleSource, ServiceAddr, StatsRecord,
+    TcpFigures, Trace, UserCounters, SCHEMA_VERSION,
 };
 use crate::protocol::http1::{Http1Exchange, Http1Stats};
 use crate::protocol::http2::{H2Exchange, H2Stats};
@@ -106,6 +106,9 @@ struct Conn {
     next_seq: u64,
     exchanges: u64,
     peer: Option<u64>,
+    /// The address its client dialled, when that was translated to this (server) end
+    /// and the client's socket is linked as its peer.
+    nat_via: Option<SocketAddr>,
     data_seen: bool,
     data_lost: bool,
     /// TLS seen on it (plaintext from a TLS library, or TLS records).
@@ -143,6 +146,7 @@ impl Conn {
             next_seq: 0,
             exchanges: 0,
             peer: None,
+            nat_via: None,
             data_seen: false,
             data_lost: false,
             tls: false,
@@ -175,6 +179,10 @@ pub struct Engine {
     attrib: Option<Box<dyn Attribution>>,
     conns: HashMap<u64, Conn>,
     by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// Client sockets by local address, and accepted sockets by remote address: the two
+    /// ends of a connection whose destination was translated (a Service IP) meet here.
+    clients_by_local: HashMap<SocketAddr, u64>,
+    servers_by_remote: HashMap<SocketAddr, u64>,
     /// Views of linked peers that closed first, by their cookie.
     closed_peers: HashMap<u64, PeerView>,
     /// Closed connections waiting out their grace, oldest first.
@@ -204,6 +212,8 @@ impl Engine {
             attrib,
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
+            clients_by_local: HashMap::new(),
+            servers_by_remote: HashMap::new(),
             closed_peers: HashMap::new(),
             closing: std::collections::VecDeque::new(),
             tls_not_visible: Vec::new(),
@@ -308,6 +318,7 @@ impl Engine {
                     });
                 }
                 self.link(ev.cookie, ev.local, ev.remote);
+                self.link_translated(ev.cookie, ev.local, ev.remote, ev.role);
                 self.maybe_evict(ev.ts_ns);
             }
             ConnKind::ConnectFailed | ConnKind::Closed => {
@@ -549,6 +560,60 @@ impl Engine {
         }
     }
 
+    /// Link the two local sockets of a connection whose destination was translated on
+    /// the way (a client dialled a Service IP; the backend accepted from the client's
+    /// address): the client's local address is the server's remote, and the kernel's
+    /// NAT table says the client's destination became the server's local address.
+    fn link_translated(&mut self, cookie: u64, local: SocketAddr, remote: SocketAddr, role: Role) {
+        let (client, server) = match role {
+            Role::Client => {
+                self.clients_by_local.insert(local, cookie);
+                match self.servers_by_remote.get(&local) {
+                    Some(&s) => (cookie, s),
+                    None => return,
+                }
+            }
+            Role::Server => {
+                self.servers_by_remote.insert(remote, cookie);
+                match self.clients_by_local.get(&remote) {
+                    Some(&c) => (c, cookie),
+                    None => return,
+                }
+            }
+            Role::Unknown => return,
+        };
+        if client == server {
+            return;
+        }
+        let (Some(c), Some(s)) = (self.conns.get(&client), self.conns.get(&server)) else {
+            return;
+        };
+        if c.peer.is_some() || s.peer.is_some() {
+            return;
+        }
+        let (Some(cl), Some(cr), Some(sl)) = (c.local, c.remote, s.local) else {
+            return;
+        };
+        let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        if canon(cr) == canon(sl) {
+            return; // not translated: the mirrored tuple links these
+        }
+        let Some(dest) = self.attrib.as_mut().and_then(|a| a.nat_destination(cl, cr)) else {
+            return;
+        };
+        if canon(dest) != canon(sl) {
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&client) {
+            c.peer = Some(server);
+        }
+        if let Some(s) = self.conns.get_mut(&server) {
+            s.peer = Some(client);
+            s.nat_via = Some(cr);
+        }
+        self.user.nat_linked += 1;
+    }
+
     fn peer_view(&self, c: &Conn) -> Option<PeerView> {
         let peer = c.peer?;
         self.conns
@@ -626,6 +691,13 @@ impl Engine {
                     a.attribute_address(ep, other);
                 }
             }
+        }
+        if let (Some(via), Role::Server) = (c.nat_via, role) {
+            local.via = Some(ServiceAddr {
+                addr: Some(via.ip()),
+                port: via.port(),
+                service: self.attrib.as_mut().and_then(|a| a.service_at(via)),
+            });
         }
         if role == Role::Client {
             (local, remote)
@@ -830,6 +902,12 @@ impl Engine {
         if let (Some(l), Some(r)) = (c.local, c.remote) {
             if self.by_tuple.get(&(l, r)) == Some(&c.cookie) {
                 self.by_tuple.remove(&(l, r));
+            }
+            if self.clients_by_local.get(&l) == Some(&c.cookie) {
+                self.clients_by_local.remove(&l);
+            }
+            if self.servers_by_remote.get(&r) == Some(&c.cookie) {
+                self.servers_by_remote.remove(&r);
             }
         }
         match c.proto {
@@ -1076,5 +1154,251 @@ impl ConnEventExt for ConnEvent {
     }
     fn has_data_lost(&self) -> bool {
         self.has(F::ALOG_F_DATA_LOST)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::Syscall;
+
+    /// Attribution stand-in: one translated connection, from `client` to `service`,
+    /// really to `backend`.
+    struct Nat {
+        client: SocketAddr,
+        service: SocketAddr,
+        backend: SocketAddr,
+        lookups: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Attribution for Nat {
+        fn attribute_process(&mut self, ep: &mut Endpoint) {
+            ep.resolved_by = Some("process".into());
+        }
+        fn attribute_address(&mut self, ep: &mut Endpoint, _peer: Option<SocketAddr>) {
+            ep.resolved_by = Some("unresolved".into());
+        }
+        fn nat_destination(&mut self, l: SocketAddr, r: SocketAddr) -> Option<SocketAddr> {
+            self.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (l == self.client && r == self.service).then_some(self.backend)
+        }
+        fn service_at(&mut self, a: SocketAddr) -> Option<String> {
+            (a == self.service).then(|| "cart.shop".to_string())
+        }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn conn(
+        kind: ConnKind,
+        cookie: u64,
+        ts: u64,
+        local: &str,
+        remote: &str,
+        role: Role,
+    ) -> ConnEvent {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(if role == Role::Client {
+            b"curl"
+        } else {
+            b"srv\0"
+        });
+        ConnEvent {
+            kind,
+            cookie,
+            ts_ns: ts,
+            connect_start_ns: 0,
+            established_ns: ts,
+            close_start_ns: 0,
+            cgroup_id: cookie * 10,
+            netns: 0,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            send_calls: 0,
+            recv_calls: 0,
+            data_events: 0,
+            tcp_bytes_acked: 0,
+            tcp_bytes_received: 0,
+            srtt_us: 0,
+            total_retrans: 0,
+            segs_out: 0,
+            segs_in: 0,
+            tgid: cookie as u32 * 100,
+            flags: F::ALOG_F_OWNER_KNOWN.0 | F::ALOG_F_CLOSED_LOCAL.0,
+            role,
+            old_state: 0,
+            new_state: 0,
+            local: sa(local),
+            remote: sa(remote),
+            comm,
+        }
+    }
+
+    fn data<'a>(
+        cookie: u64,
+        seq: u64,
+        ts: u64,
+        dir: Direction,
+        payload: &'a [u8],
+    ) -> DataEvent<'a> {
+        DataEvent {
+            cookie,
+            ts_ns: ts,
+            start_ns: ts,
+            seq,
+            len: payload.len() as u64,
+            cgroup_id: cookie * 10,
+            tgid: cookie as u32 * 100,
+            tid: cookie as u32 * 100,
+            fd: 3,
+            dir,
+            syscall: match dir {
+                Direction::Egress => Syscall::Write,
+                Direction::Ingress => Syscall::Read,
+            },
+            flags: 0,
+            comm: [0; 16],
+            payload,
+        }
+    }
+
+    /// Client 198.18.7.11 dials the Service 198.19.7.10:80; the backend 198.18.7.12:8080
+    /// accepts from the client's own address. Both sockets are on this node: one record
+    /// per exchange and per connection, with both processes and the Service address.
+    #[test]
+    fn translated_connection_between_local_sockets_is_written_once() {
+        let (client, service, backend) =
+            ("198.18.7.11:40000", "198.19.7.10:80", "198.18.7.12:8080");
+        let lookups = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let nat = Nat {
+            client: sa(client),
+            service: sa(service),
+            backend: sa(backend),
+            lookups: lookups.clone(),
+        };
+        let mut e = Engine::new(
+            EngineOptions::default(),
+            Clock::now(),
+            Some(Box::new(nat)),
+            0,
+        );
+        let req = b"GET /x HTTP/1.1\r\nHost: cart\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        e.on_conn(&conn(
+            ConnKind::Connected,
+            1,
+            1_000,
+            client,
+            service,
+            Role::Client,
+        ));
+        e.on_data(&data(1, 0, 2_000, Direction::Egress, req));
+        // The accepted socket is announced at its first data.
+        e.on_conn(&conn(
+            ConnKind::Accepted,
+            2,
+            2_500,
+            backend,
+            client,
+            Role::Server,
+        ));
+        e.on_data(&data(2, 0, 3_000, Direction::Ingress, req));
+        e.on_data(&data(2, 1, 4_000, Direction::Egress, resp));
+        e.on_data(&data(1, 1, 5_000, Direction::Ingress, resp));
+        e.on_conn(&conn(
+            ConnKind::Closed,
+            1,
+            6_000,
+            client,
+            service,
+            Role::Client,
+        ));
+        e.on_conn(&conn(
+            ConnKind::Closed,
+            2,
+            6_100,
+            backend,
+            client,
+            Role::Server,
+        ));
+        e.finish_all(1_000_000_000);
+        let http: Vec<&HttpRecord> = e
+            .out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Http(h) => Some(h),
+                _ => None,
+            })
+            .collect();
+        let conns: Vec<&ConnectionRecord> = e
+            .out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Connection(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(http.len(), 1, "{:#?}", e.out);
+        assert_eq!(conns.len(), 1, "{:#?}", e.out);
+        assert_eq!(e.user_counters().nat_linked, 1);
+        for (ob, cl, sv) in [
+            (http[0].observed_by, &http[0].client, &http[0].server),
+            (conns[0].observed_by, &conns[0].client, &conns[0].server),
+        ] {
+            assert_eq!(ob, ObservedBy::Both);
+            assert_eq!(cl.pid, Some(100));
+            assert_eq!(sv.pid, Some(200));
+            assert_eq!(sv.port, 8080);
+            let via = sv.via.as_ref().expect("the Service address is kept");
+            assert_eq!(via.addr, Some(sa(service).ip()));
+            assert_eq!(via.port, 80);
+            assert_eq!(via.service.as_deref(), Some("cart.shop"));
+        }
+        assert_eq!(lookups.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    /// A server whose remote happens to be a local client's address, but the kernel's
+    /// NAT table does not send that client to it: not linked.
+    #[test]
+    fn untranslated_coincidence_is_not_linked() {
+        let nat = Nat {
+            client: sa("198.18.7.11:40000"),
+            service: sa("198.19.7.10:80"),
+            backend: sa("198.18.7.13:8080"),
+            lookups: Default::default(),
+        };
+        let mut e = Engine::new(
+            EngineOptions::default(),
+            Clock::now(),
+            Some(Box::new(nat)),
+            0,
+        );
+        e.on_conn(&conn(
+            ConnKind::Connected,
+            1,
+            1,
+            "198.18.7.11:40000",
+            "198.19.7.10:80",
+            Role::Client,
+        ));
+        e.on_conn(&conn(
+            ConnKind::Accepted,
+            2,
+            2,
+            "198.18.7.12:8080",
+            "198.18.7.11:40000",
+            Role::Server,
+        ));
+        e.finish_all(1_000_000_000);
+        assert_eq!(e.user_counters().nat_linked, 0);
+        let n = e
+            .out
+            .iter()
+            .filter(|r| matches!(r, Record::Connection(_)))
+            .count();
+        assert_eq!(n, 2);
     }
 }

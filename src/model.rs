@@ -329,6 +329,10 @@ pub struct UserCounters {
     pub connection_records: u64,
     /// Client-side views not written because the server's view of the same exchange was.
     pub deduplicated: u64,
+    /// Connections through a translated address (a Service IP) whose two local sockets
+    /// were linked, so they were written once with both processes.
+    #[serde(default)]
+    pub nat_linked: u64,
     pub connections_open: u64,
     pub connections_by_protocol_http1: u64,
     pub connections_by_protocol_http2: u64,

@@ -236,20 +236,6 @@ pub fn skipped_unwired() {
     eprintln!();
 }
 
-/// The one case where a container cannot be named yet: the backend's view of a client
-/// that went through a Service IP, when the client's pod has several containers and the
-/// client process is already gone when the record is written (curl is that fast). The
-/// engine does not link the two sockets of a NAT'ed connection (it could, with
-/// `Attribution::nat_destination`), so the backend's record knows the client only by its
-/// pod IP: pod, namespace and service are right, the container is not known.
-fn unlinked_nat_client(r: &Value, pod: &sim::SimPod) -> bool {
-    r["observed_by"] == "server"
-        && r["client"]["resolved_by"] == "pod_ip"
-        && r["client"]["pod"] == pod.name.as_str()
-        && r["client"]["container"].is_null()
-        && pod.containers.len() > 1
-}
-
 fn in_sim(r: &&Value) -> bool {
     let a = |e: &Value| e["addr"].as_str().unwrap_or("").starts_with("198.1");
     a(&r["client"]) && a(&r["server"])
@@ -342,51 +328,54 @@ fn record_attributes_every_end_on_the_sim_node() {
         assert_eq!(r["client"]["resolved_by"], "process");
         assert_eq!(r["server"]["resolved_by"], "process");
     }
-    // Through the Service IP: the client's view names the backend and the Service IP;
-    // the server's view names the client by its pod IP.
+    // Through the Service IP: both sockets are on this node and linked through the
+    // kernel's NAT table: one record, both processes, the backend and the Service address.
     let via: Vec<&&Value> = http
         .iter()
         .filter(|r| r["client"]["port"] == via_port)
         .collect();
-    assert!(
-        !via.is_empty(),
-        "no record of the Service-IP exchange:\n{}",
+    assert_eq!(
+        via.len(),
+        1,
+        "one record of the Service-IP exchange:\n{}",
         ctx()
     );
-    for r in &via {
-        assert!(is(&r["client"], web, "web", "web.shop"), "client of {r}");
-        assert!(
-            is(&r["server"], cartp, "cart", "cart.shop"),
-            "server of {r}"
-        );
-        assert_eq!(r["server"]["addr"], cart_ip.as_str(), "{r}");
-        assert_eq!(r["server"]["port"], 8080, "{r}");
-    }
-    let client_view = via
-        .iter()
-        .find(|r| r["observed_by"] == "client")
-        .unwrap_or_else(|| panic!("no client-side record through the Service:\n{}", ctx()));
-    assert_eq!(
-        client_view["server"]["resolved_by"], "conntrack",
-        "{client_view}"
+    let r = via[0];
+    assert_eq!(r["observed_by"], "both", "{r}");
+    assert!(is(&r["client"], web, "web", "web.shop"), "client of {r}");
+    assert!(
+        is(&r["server"], cartp, "cart", "cart.shop"),
+        "server of {r}"
     );
-    assert_eq!(client_view["server"]["via"]["addr"], svc.ip.as_str());
-    assert_eq!(client_view["server"]["via"]["port"], svc.port);
+    assert_eq!(r["server"]["addr"], cart_ip.as_str(), "{r}");
+    assert_eq!(r["server"]["port"], 8080, "{r}");
+    assert_eq!(r["server"]["resolved_by"], "process", "{r}");
+    assert_eq!(r["server"]["via"]["addr"], svc.ip.as_str(), "{r}");
+    assert_eq!(r["server"]["via"]["port"], svc.port, "{r}");
+    let stats = out.of_kind("stats");
+    let last = stats.last().expect("a final stats record");
+    assert!(
+        last["user"]["nat_linked"].as_u64().unwrap_or(0) >= 2,
+        "two Service-IP connections linked: {last}"
+    );
     // Cross-namespace through the payment Service.
     let pay: Vec<&&Value> = http
         .iter()
         .filter(|r| r["client"]["port"] == pay_port)
         .collect();
-    assert!(
-        !pay.is_empty(),
-        "no record of the payment exchange:\n{}",
+    assert_eq!(
+        pay.len(),
+        1,
+        "one record of the payment exchange:\n{}",
         ctx()
     );
     for r in &pay {
+        // The cart pod has two containers: the client's own socket names the right one.
         assert!(
-            is(&r["client"], cartp, "cart", "cart.shop") || unlinked_nat_client(r, cartp),
+            is(&r["client"], cartp, "cart", "cart.shop"),
             "client of {r}"
         );
+        assert_eq!(r["server"]["via"]["addr"], pay_svc.ip.as_str(), "{r}");
         assert!(
             is(&r["server"], payp, "payment", "payment.pay"),
             "server of {r}"
@@ -397,13 +386,8 @@ fn record_attributes_every_end_on_the_sim_node() {
     for r in http.iter().chain(conns.iter()) {
         for end in ["client", "server"] {
             let e = &r[end];
-            let fields: &[&str] = if end == "client" && unlinked_nat_client(r, cartp) {
-                &["pod", "namespace", "service", "resolved_by"]
-            } else {
-                &["pod", "namespace", "container", "service", "resolved_by"]
-            };
-            for f in fields {
-                assert!(e[*f].is_string(), "{end}.{f} missing in {r}");
+            for f in ["pod", "namespace", "container", "service", "resolved_by"] {
+                assert!(e[f].is_string(), "{end}.{f} missing in {r}");
             }
         }
     }

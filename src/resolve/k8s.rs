@@ -678,6 +678,14 @@ impl Attribution for K8sAttribution {
         self.real_destination(local, remote)
     }
 
+    fn service_at(&mut self, addr: SocketAddr) -> Option<String> {
+        self.refresh_snapshot();
+        self.snap
+            .service_by_ip
+            .get(&addr.ip().to_canonical())
+            .map(|s| s.full.clone())
+    }
+
     fn stats(&self) -> Option<ResolveStats> {
         Some(self.shared.counters.get())
     }

@@ -41,6 +41,10 @@ pub trait Attribution: Send {
     fn nat_destination(&mut self, _local: SocketAddr, _remote: SocketAddr) -> Option<SocketAddr> {
         None
     }
+    /// The Service whose cluster IP and port this is (`svc.ns`), when known.
+    fn service_at(&mut self, _addr: SocketAddr) -> Option<String> {
+        None
+    }
     /// Counters for `stats` records; None when the implementation keeps none.
     fn stats(&self) -> Option<ResolveStats> {
         None
