@@ -714,8 +714,16 @@ impl Engine {
             c.role
         };
         let peer = self.peer_view(c);
-        // A linked peer that parses the same traffic writes the exchange if it is the server.
-        let peer_http = peer.as_ref().filter(|p| p.http);
+        // A linked peer that parses the same traffic writes the exchange if it is the
+        // server. The server's view says `both` whenever the client's socket is linked,
+        // whether or not the client's bytes were parsed by then (TLS plaintext of the
+        // client's write can arrive after the server answered: the client's side then
+        // drops its duplicate as usual).
+        let peer_http = if role == Role::Server {
+            peer.as_ref()
+        } else {
+            peer.as_ref().filter(|p| p.http)
+        };
         let Some(observed_by) = self.observed_by(c, role, peer_http) else {
             self.user.deduplicated += 1;
             return;

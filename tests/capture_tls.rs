@@ -221,6 +221,74 @@ impl Drop for DebugRecorder {
     }
 }
 
+/// What one http record of a TLS exchange must say.
+struct Want<'a> {
+    method: &'a str,
+    path: &'a str,
+    status: u64,
+    protocol: &'a str,
+}
+
+impl Run {
+    /// The http records whose server port is `port`.
+    fn http(&self, port: u16) -> Vec<&Value> {
+        self.records
+            .iter()
+            .filter(|r| r["kind"] == "http" && r["server"]["port"] == port)
+            .collect()
+    }
+
+    /// Exactly these exchanges were written (in this order of start), each once, marked
+    /// TLS, complete, with both ends' processes (`observed_by: both`, the server's view),
+    /// the server being one of `server_pids`; and nothing was counted lost.
+    fn assert_tls_http(&self, port: u16, server_pids: &[u32], want: &[Want<'_>]) {
+        let mut http = self.http(port);
+        http.sort_by_key(|r| r["start_mono_ns"].as_u64().unwrap_or(0));
+        let dump = || {
+            http.iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            http.len(),
+            want.len(),
+            "http records on port {port}:\n{}",
+            dump()
+        );
+        for (r, w) in http.iter().zip(want) {
+            assert_eq!(r["tls"], true, "{r}");
+            assert_eq!(r["method"], w.method, "{r}");
+            assert_eq!(r["path"], w.path, "{r}");
+            assert_eq!(r["status"], w.status, "{r}");
+            assert_eq!(r["protocol"], w.protocol, "{r}");
+            assert_eq!(r["complete"], true, "{r}");
+            assert_eq!(r["observed_by"], "both", "{r}");
+            assert!(r["client"]["pid"].is_u64(), "client process unknown: {r}");
+            let sp = r["server"]["pid"].as_u64().unwrap_or(0) as u32;
+            assert!(
+                server_pids.contains(&sp),
+                "server pid {sp} not in {server_pids:?}: {r}"
+            );
+        }
+        let stats = self
+            .records
+            .iter()
+            .rfind(|r| r["kind"] == "stats")
+            .expect("a final stats record");
+        for (k, v) in stats["lost"].as_object().expect("loss counters") {
+            assert_eq!(v.as_u64(), Some(0), "lost.{k} in {stats}");
+        }
+    }
+}
+
+const GET_HELLO: Want<'static> = Want {
+    method: "GET",
+    path: "/hello",
+    status: 200,
+    protocol: "HTTP/1.1",
+};
+
 /// Undo `escape_ascii` (the debug log's payload form).
 fn unescape(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
@@ -456,6 +524,7 @@ fn curl_to_python_https_plaintext_both_sides() {
     assert_eq!(c.http_code, 200);
     let run = rec.stop();
     check_curl_python(&run, &c, server.pid(), port);
+    run.assert_tls_http(port, &[server.pid()], &[GET_HELLO]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -477,6 +546,7 @@ fn first_request_of_a_process_started_after_record() {
     assert_eq!(c.http_code, 200);
     let run = rec.stop();
     check_curl_python(&run, &c, server.pid(), port);
+    run.assert_tls_http(port, &[server.pid()], &[GET_HELLO]);
     // It was the server's first TLS request, and the first bytes its socket carried.
     let r = run.find(&[server.pid()], "ssl_read", b"GET /hello");
     assert_eq!(
@@ -609,6 +679,16 @@ fn openssl_s_client_to_s_server() {
     run.assert_tls_connection(&w["cookie"]);
     run.assert_tls_connection(&r["cookie"]);
     run.assert_none_unattributed();
+    run.assert_tls_http(
+        port,
+        &[spid],
+        &[Want {
+            method: "GET",
+            path: "/",
+            status: 200,
+            protocol: "HTTP/1.0",
+        }],
+    );
 }
 
 fn local_port_of(run: &Run, cookie: &Value) -> u16 {
@@ -716,6 +796,16 @@ fn nginx_http2_over_tls_with_curl() {
     run.assert_tls_connection(&w["cookie"]);
     run.assert_tls_connection(&r["cookie"]);
     run.assert_none_unattributed();
+    run.assert_tls_http(
+        port,
+        &workers,
+        &[Want {
+            method: "GET",
+            path: "/h2",
+            status: 200,
+            protocol: "HTTP/2",
+        }],
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -917,6 +1007,13 @@ fn go_server_stripped_and_go_client() {
         .filter_map(|l| l["tid"].as_u64())
         .collect();
     eprintln!("go server plaintext seen on {} thread(s)", tids.len());
+    // Records: the warm-up request, two HTTP/1.1 requests on one connection, one HTTP/2
+    // stream; each written once from the (stripped) server's view.
+    let h2_hello = Want {
+        protocol: "HTTP/2",
+        ..GET_HELLO
+    };
+    run.assert_tls_http(port, &[sp], &[GET_HELLO, GET_HELLO, GET_HELLO, h2_hello]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -994,6 +1091,9 @@ fn static_openssl_client_found_by_symbols() {
         .count();
     assert_eq!(r, 2, "the server saw both requests in plaintext");
     run.assert_tls_connection(&w["cookie"]);
+    // Both runs are written, the first (before the client binary was probed) from the
+    // server's plaintext alone.
+    run.assert_tls_http(port, &[server.pid()], &[GET_HELLO, GET_HELLO]);
 }
 
 // ---------------------------------------------------------------------------------------
