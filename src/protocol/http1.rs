@@ -100,15 +100,7 @@ pub struct Http1Exchange {
     pub notes: Vec<&'static str>,
 }
 
-/// Distributed-tracing context carried by the request.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct TraceContext {
-    pub provider: &'static str,
-    pub trace_id: String,
-    pub segment_id: Option<String>,
-    pub span_id: Option<String>,
-    pub parent_service: Option<String>,
-}
+pub use super::trace::TraceContext;
 
 /// Whether the first bytes of a stream look like HTTP/1: `Some(true)` for a request line
 /// (known method then a space), `Some(false)` for a status line, `None` otherwise.
@@ -1357,11 +1349,12 @@ fn collect_headers(headers: &[httparse::Header<'_>], head: &mut Head) {
             b3_span = Some(h.value);
         }
     }
-    head.trace = sw8
-        .and_then(as_str)
-        .and_then(parse_sw8)
-        .or_else(|| b3.and_then(as_str).and_then(parse_b3))
-        .or_else(|| zipkin(as_str(b3_trace?)?, as_str(b3_span?)?));
+    head.trace = super::trace::from_headers(
+        sw8.and_then(as_str),
+        b3.and_then(as_str),
+        b3_trace.and_then(as_str),
+        b3_span.and_then(as_str),
+    );
 }
 
 fn as_str(v: &[u8]) -> Option<&str> {
@@ -1511,112 +1504,6 @@ fn chunk_step(st: ChunkState, b: u8, trailer_cap: u64) -> Result<Option<ChunkSta
         ChunkState::Data(_) => return Err(()),
     };
     Ok(Some(next))
-}
-
-/// SkyWalking `sw8`: `sample-traceId-segmentId-spanId-parentService-parentInstance-
-/// parentEndpoint-addressUsedAtClient`, string fields base64.
-fn parse_sw8(v: &str) -> Option<TraceContext> {
-    let f: Vec<&str> = v.split('-').collect();
-    if f.len() != 8 || !matches!(f[0], "0" | "1") {
-        return None;
-    }
-    let span = f[3];
-    if span.is_empty() || span.len() > 10 || !span.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let trace_id = base64_text(f[1])?;
-    let segment_id = base64_text(f[2])?;
-    let parent_service = base64_text(f[4])?;
-    // The remaining fields are not kept but must be well-formed for the header to be trusted.
-    for field in &f[5..] {
-        base64_text(field)?;
-    }
-    if trace_id.is_empty() {
-        return None;
-    }
-    Some(TraceContext {
-        provider: "skywalking",
-        trace_id,
-        segment_id: Some(segment_id),
-        span_id: Some(span.to_string()),
-        parent_service: Some(parent_service),
-    })
-}
-
-/// Zipkin single `b3` header: `traceid-spanid[-sampled[-parentspanid]]`.
-fn parse_b3(v: &str) -> Option<TraceContext> {
-    let mut it = v.split('-');
-    let trace = it.next()?;
-    let span = it.next()?;
-    if let Some(sampled) = it.next() {
-        if !matches!(sampled, "0" | "1" | "d") {
-            return None;
-        }
-    }
-    if let Some(parent) = it.next() {
-        if !is_hex_id(parent, &[16]) {
-            return None;
-        }
-    }
-    if it.next().is_some() {
-        return None;
-    }
-    zipkin(trace, span)
-}
-
-fn zipkin(trace: &str, span: &str) -> Option<TraceContext> {
-    if !is_hex_id(trace, &[16, 32]) || !is_hex_id(span, &[16]) {
-        return None;
-    }
-    Some(TraceContext {
-        provider: "zipkin",
-        trace_id: trace.to_string(),
-        segment_id: None,
-        span_id: Some(span.to_string()),
-        parent_service: None,
-    })
-}
-
-fn is_hex_id(s: &str, lens: &[usize]) -> bool {
-    lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn base64_text(s: &str) -> Option<String> {
-    String::from_utf8(base64_decode(s)?).ok()
-}
-
-/// Standard-alphabet base64, padding optional.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
-    if pad > 2 || (pad > 0 && !b.len().is_multiple_of(4)) {
-        return None;
-    }
-    let body = &b[..b.len() - pad];
-    if body.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0u32;
-    for &c in body {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -2279,86 +2166,8 @@ mod tests {
     }
 
     fn b64(data: &[u8]) -> String {
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut s = String::new();
-        for g in data.chunks(3) {
-            let n = g
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-            for i in 0..4 {
-                if i <= g.len() {
-                    s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    s.push('=');
-                }
-            }
-        }
-        s
-    }
-
-    #[test]
-    fn base64_decoding() {
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGVsbG8").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
-        assert_eq!(base64_decode("").unwrap(), b"");
-        assert_eq!(base64_decode("+/+/").unwrap(), vec![0xfb, 0xff, 0xbf]);
-        assert!(base64_decode("a").is_none());
-        assert!(base64_decode("aGVsbG8===").is_none());
-        assert!(base64_decode("aGk").is_some());
-        assert!(base64_decode("aG=k").is_none());
-        assert!(base64_decode("aGVs=").is_none());
-        assert!(base64_decode("a-b_").is_none());
-        for s in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
-            assert_eq!(base64_decode(&b64(s.as_bytes())).unwrap(), s.as_bytes());
-        }
-    }
-
-    #[test]
-    fn sw8_parsing() {
-        let v = format!(
-            "1-{}-{}-3-{}-{}-{}-{}",
-            b64(b"trace.abc.123"),
-            b64(b"segment-9"),
-            b64(b"frontend"),
-            b64(b"pod-1@10.0.0.1"),
-            b64(b"/api/list"),
-            b64(b"backend:8080"),
-        );
-        let tc = parse_sw8(&v).unwrap();
-        assert_eq!(tc.provider, "skywalking");
-        assert_eq!(tc.trace_id, "trace.abc.123");
-        assert_eq!(tc.segment_id.as_deref(), Some("segment-9"));
-        assert_eq!(tc.span_id.as_deref(), Some("3"));
-        assert_eq!(tc.parent_service.as_deref(), Some("frontend"));
-        // Unpadded base64 is accepted too.
-        let unpadded = v.replace('=', "");
-        assert_eq!(parse_sw8(&unpadded), Some(tc));
-        // Bad base64, bad span id, wrong field count, bad sample flag: no trace, no panic.
-        assert!(parse_sw8(&v.replacen(&b64(b"segment-9"), "!!!", 1)).is_none());
-        assert!(parse_sw8(&v.replacen("-3-", "-x-", 1)).is_none());
-        assert!(parse_sw8("1-abc-def").is_none());
-        assert!(parse_sw8(&format!("2{}", &v[1..])).is_none());
-        assert!(parse_sw8("").is_none());
-        // Invalid UTF-8 inside the base64.
-        assert!(parse_sw8(&v.replacen(&b64(b"frontend"), &b64(&[0xff, 0xfe]), 1)).is_none());
-    }
-
-    #[test]
-    fn b3_parsing() {
-        let tc = parse_b3("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")
-            .unwrap();
-        assert_eq!(tc.provider, "zipkin");
-        assert_eq!(tc.trace_id, "80f198ee56343ba864fe8b2a57d3eff7");
-        assert_eq!(tc.span_id.as_deref(), Some("e457b5a2e4d86bd1"));
-        assert!(tc.segment_id.is_none() && tc.parent_service.is_none());
-        assert!(parse_b3("a3ce929d0e0e4736-00f067aa0ba902b7").is_some());
-        assert!(parse_b3("a3ce929d0e0e4736-00f067aa0ba902b7-d").is_some());
-        assert!(parse_b3("0").is_none());
-        assert!(parse_b3("xyz-00f067aa0ba902b7").is_none());
-        assert!(parse_b3("a3ce929d0e0e4736-00f067aa0ba902b7-7").is_none());
-        assert!(parse_b3("a3ce929d0e0e4736-00f067aa0ba902b7-1-00f067aa0ba902b7-9").is_none());
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(data)
     }
 
     #[test]

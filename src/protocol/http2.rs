@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use super::http1::TraceContext;
+use super::trace::{self, TraceContext};
 use super::{Chunk, Direction, Role};
 
 /// The client connection preface (RFC 9113 §3.4).
@@ -1616,96 +1616,12 @@ fn percent_decode(v: &[u8]) -> String {
 }
 
 fn trace_of(h: &Head) -> Option<TraceContext> {
-    if let Some(t) = h.sw8.as_deref().and_then(sw8) {
-        return Some(t);
-    }
-    if let Some(t) = h.b3.as_deref().and_then(b3) {
-        return Some(t);
-    }
-    zipkin(h.b3_trace.as_deref()?.trim(), h.b3_span.as_deref()?.trim())
-}
-
-/// SkyWalking v3 `sw8`: 8 dash-separated fields, the string ones base64-encoded.
-fn sw8(v: &str) -> Option<TraceContext> {
-    let fields: Vec<&str> = v.trim().split('-').collect();
-    let [sample, trace, segment, span, service, instance, endpoint, peer] = fields[..] else {
-        return None;
-    };
-    if !matches!(sample, "0" | "1")
-        || span.is_empty()
-        || span.len() > 10
-        || !span.bytes().all(|c| c.is_ascii_digit())
-    {
-        return None;
-    }
-    let trace_id = base64_text(trace).filter(|t| !t.is_empty())?;
-    let segment_id = base64_text(segment)?;
-    let parent_service = base64_text(service)?;
-    // Not reported, but a malformed one means the header cannot be trusted.
-    for f in [instance, endpoint, peer] {
-        base64_text(f)?;
-    }
-    Some(TraceContext {
-        provider: "skywalking",
-        trace_id,
-        segment_id: Some(segment_id),
-        span_id: Some(span.to_string()),
-        parent_service: Some(parent_service),
-    })
-}
-
-/// Zipkin single header `b3: traceid-spanid[-sampled[-parentspanid]]`.
-fn b3(v: &str) -> Option<TraceContext> {
-    let mut it = v.trim().split('-');
-    let (trace, span) = (it.next()?, it.next()?);
-    if !matches!(it.next(), None | Some("0" | "1" | "d")) {
-        return None;
-    }
-    if it.next().is_some_and(|p| !hex_id(p, &[16])) || it.next().is_some() {
-        return None;
-    }
-    zipkin(trace, span)
-}
-
-fn zipkin(trace: &str, span: &str) -> Option<TraceContext> {
-    (hex_id(trace, &[16, 32]) && hex_id(span, &[16])).then(|| TraceContext {
-        provider: "zipkin",
-        trace_id: trace.to_string(),
-        segment_id: None,
-        span_id: Some(span.to_string()),
-        parent_service: None,
-    })
-}
-
-fn hex_id(s: &str, lens: &[usize]) -> bool {
-    lens.contains(&s.len()) && s.bytes().all(|c| c.is_ascii_hexdigit())
-}
-
-/// Standard base64 (padding optional) holding UTF-8 text.
-fn base64_text(s: &str) -> Option<String> {
-    let body = s.trim_end_matches('=');
-    if s.len() - body.len() > 2 || body.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in body.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6 | u32::from(v)) & 0xffff;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    String::from_utf8(out).ok()
+    trace::from_headers(
+        h.sw8.as_deref(),
+        h.b3.as_deref(),
+        h.b3_trace.as_deref(),
+        h.b3_span.as_deref(),
+    )
 }
 
 fn di(d: Direction) -> usize {
@@ -3438,12 +3354,6 @@ mod tests {
         assert_eq!(tr.segment_id.as_deref(), Some("seg"));
         assert_eq!(tr.span_id.as_deref(), Some("5"));
         assert_eq!(tr.parent_service.as_deref(), Some("svc"));
-        assert!(sw8("1-YWJj-c2Vn-x-c3Zj-aQ==-L2U=-cDox").is_none());
-        assert!(sw8("1-YWJj-c2Vn-5-c3Zj").is_none());
-        assert!(b3("0").is_none());
-        assert!(
-            b3("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90").is_some()
-        );
     }
 
     #[test]

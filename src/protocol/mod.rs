@@ -3,6 +3,7 @@
 pub mod http1;
 pub mod http2;
 pub mod l7;
+pub mod trace;
 
 /// Which way bytes moved, from the point of view of the traced socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
