@@ -15,36 +15,6 @@ use serde_json::{json, Value};
 
 use common::*;
 
-/// Collects every mismatch, so that one failure message shows all of them.
-#[derive(Default)]
-struct Problems(Vec<String>);
-
-impl Problems {
-    fn eq(&mut self, what: impl std::fmt::Display, got: &Value, want: impl Into<Value>) {
-        let want = want.into();
-        if *got != want {
-            self.0.push(format!("{what}: got {got}, want {want}"));
-        }
-    }
-
-    fn check(&mut self, ok: bool, msg: impl FnOnce() -> String) {
-        if !ok {
-            self.0.push(msg());
-        }
-    }
-
-    fn finish(self, context: impl FnOnce() -> String) {
-        if !self.0.is_empty() {
-            panic!(
-                "{} problem(s):\n  - {}\n\n{}",
-                self.0.len(),
-                self.0.join("\n  - "),
-                context()
-            );
-        }
-    }
-}
-
 /// One request a test made and what its record must say.
 #[derive(Debug, Clone)]
 struct Expected {
@@ -74,14 +44,6 @@ fn chunk_framing(total: u64, count: u64) -> u64 {
         }
     }
     n
-}
-
-/// Which server the records must name.
-struct ServerIs<'a> {
-    /// Allowed pids of the serving process (the server, or nginx's workers).
-    pids: &'a [u32],
-    /// Substring of the process name.
-    process: &'a str,
 }
 
 /// The recording holds exactly one http record and one connection record per curl run
@@ -686,13 +648,7 @@ struct Nginx {
     www: std::path::PathBuf,
 }
 
-fn start_nginx(port: u16) -> Nginx {
-    let bin = Path::new("/usr/sbin/nginx");
-    assert!(
-        bin.exists(),
-        "nginx is not installed ({} is missing): run `make deps` (as root) to install the test dependencies",
-        bin.display()
-    );
+fn nginx_serving_files(port: u16) -> Nginx {
     let dir = tempfile::Builder::new()
         .prefix("alog-nginx-")
         .tempdir()
@@ -703,50 +659,25 @@ fn start_nginx(port: u16) -> Nginx {
     let www = d.join("www");
     std::fs::create_dir(&www).expect("mkdir www");
     std::fs::set_permissions(&www, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let conf = format!(
-        "worker_processes 1;
-error_log {d}/error.log;
-pid {d}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
+    let block = format!(
+        "    access_log off;
     sendfile on;
     default_type application/octet-stream;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
     server {{
         listen 127.0.0.1:{port};
         listen [::1]:{port};
         root {www};
-    }}
-}}
-",
-        d = d.display(),
+    }}",
         www = www.display(),
     );
-    let conf_path = d.join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("writing nginx.conf");
-    let mut cmd = std::process::Command::new(bin);
-    cmd.arg("-e")
-        .arg(d.join("error.log"))
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-p")
-        .arg(d)
-        .args(["-g", "daemon off;"]);
-    let mut guard = ServerGuard::spawn(cmd, "nginx");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for addr in [
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
-    ] {
-        guard.assert_running();
-        let left = deadline.saturating_duration_since(Instant::now());
-        wait_for_port(addr, left.max(Duration::from_secs(1)));
-    }
+    let guard = start_nginx(
+        d,
+        &block,
+        &[
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        ],
+    );
     Nginx {
         guard,
         _dir: dir,
@@ -761,7 +692,7 @@ fn nginx_static_files() {
     }
     let t0 = Instant::now();
     let port = free_server_port();
-    let nginx = start_nginx(port);
+    let nginx = nginx_serving_files(port);
     let files = [
         ("small.bin", 100u64),
         ("medium.bin", 100 * 1024),
@@ -1197,7 +1128,7 @@ fn early_close_and_empty_connection() {
         return;
     }
     let port = free_server_port();
-    let nginx = start_nginx(port);
+    let nginx = nginx_serving_files(port);
     std::fs::write(nginx.www.join("r"), "hello\n").expect("writing a file");
     let rec = Recorder::start(&[port], &[]);
     let script = format!(

@@ -30,36 +30,6 @@ const NGHTTP: &str = "/usr/bin/nghttp";
 const H2LOAD: &str = "/usr/bin/h2load";
 const CURL: &str = "/usr/bin/curl";
 
-/// Collects every mismatch, so that one failure message shows all of them.
-#[derive(Default)]
-struct Problems(Vec<String>);
-
-impl Problems {
-    fn eq(&mut self, what: impl std::fmt::Display, got: &Value, want: impl Into<Value>) {
-        let want = want.into();
-        if *got != want {
-            self.0.push(format!("{what}: got {got}, want {want}"));
-        }
-    }
-
-    fn check(&mut self, ok: bool, msg: impl FnOnce() -> String) {
-        if !ok {
-            self.0.push(msg());
-        }
-    }
-
-    fn finish(self, context: impl FnOnce() -> String) {
-        if !self.0.is_empty() {
-            panic!(
-                "{} problem(s):\n  - {}\n\n{}",
-                self.0.len(),
-                self.0.join("\n  - "),
-                context()
-            );
-        }
-    }
-}
-
 /// Panic with the way out when a tool the tests run is not installed.
 fn require_tool(path: &str, package: &str) {
     assert!(
@@ -97,12 +67,6 @@ fn python_comm() -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     name.chars().take(15).collect()
-}
-
-/// Which server the records must name.
-struct ServerIs<'a> {
-    pids: &'a [u32],
-    process: &'a str,
 }
 
 /// What one HTTP/2 request's record must say.

@@ -702,47 +702,19 @@ fn local_port_of(run: &Run, cookie: &Value) -> u16 {
 // ---------------------------------------------------------------------------------------
 
 fn start_nginx_h2(port: u16, dir: &Path, cert: &Cert) -> ServerGuard {
-    let bin = Path::new("/usr/sbin/nginx");
-    assert!(bin.exists(), "nginx is not installed: run `make deps`");
-    let d = dir.display();
-    let conf = format!(
-        r#"worker_processes 1;
-error_log {d}/error.log;
-pid {d}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+    let block = format!(
+        r#"    access_log {d}/access.log;
     server {{
         listen 127.0.0.1:{port} ssl http2;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         location /h2 {{ return 200 "hello-h2-body\n"; }}
-    }}
-}}
-"#,
+    }}"#,
+        d = dir.display(),
         cert = cert.cert().display(),
         key = cert.key().display()
     );
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("writing nginx.conf");
-    let mut cmd = Command::new(bin);
-    cmd.arg("-c")
-        .arg(&conf_path)
-        .arg("-p")
-        .arg(dir)
-        .arg("-g")
-        .arg("daemon off;");
-    let g = ServerGuard::spawn(cmd, "nginx");
-    wait_for_port(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    );
-    g
+    start_nginx(dir, &block, &[SocketAddr::from(([127, 0, 0, 1], port))])
 }
 
 #[test]

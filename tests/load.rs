@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 
@@ -14,47 +14,16 @@ use common::*;
 const MIN_REQUESTS: u64 = 50_000;
 
 fn start_nginx_logging(port: u16, dir: &Path) -> ServerGuard {
-    let bin = Path::new("/usr/sbin/nginx");
-    assert!(
-        bin.exists(),
-        "nginx is not installed: run `make deps` (as root) to install the test dependencies"
-    );
-    let d = dir.display();
-    let conf = format!(
-        r#"worker_processes 1;
-error_log {d}/error.log;
-pid {d}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+    let block = format!(
+        r#"    access_log {d}/access.log;
     keepalive_requests 1000000;
     server {{
         listen 127.0.0.1:{port};
         location /r {{ return 200 "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"; }}
-    }}
-}}
-"#
+    }}"#,
+        d = dir.display()
     );
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("writing nginx.conf");
-    let mut cmd = Command::new(bin);
-    cmd.arg("-c")
-        .arg(&conf_path)
-        .arg("-p")
-        .arg(dir)
-        .arg("-g")
-        .arg("daemon off;");
-    let g = ServerGuard::spawn(cmd, "nginx");
-    wait_for_port(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    );
-    g
+    start_nginx(dir, &block, &[SocketAddr::from(([127, 0, 0, 1], port))])
 }
 
 #[test]

@@ -789,3 +789,87 @@ pub fn run_python_client(args: &[&str]) -> (u32, Value) {
         .unwrap_or_else(|e| panic!("http_client.py printed no JSON ({e}): {:?}", o.stdout));
     (o.pid, v)
 }
+
+/// Collects every mismatch, so that one failure message shows all of them.
+#[derive(Default)]
+pub struct Problems(pub Vec<String>);
+
+impl Problems {
+    pub fn eq(&mut self, what: impl std::fmt::Display, got: &Value, want: impl Into<Value>) {
+        let want = want.into();
+        if *got != want {
+            self.0.push(format!("{what}: got {got}, want {want}"));
+        }
+    }
+
+    pub fn check(&mut self, ok: bool, msg: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(msg());
+        }
+    }
+
+    pub fn finish(self, context: impl FnOnce() -> String) {
+        if !self.0.is_empty() {
+            panic!(
+                "{} problem(s):\n  - {}\n\n{}",
+                self.0.len(),
+                self.0.join("\n  - "),
+                context()
+            );
+        }
+    }
+}
+
+/// Which server the records must name.
+pub struct ServerIs<'a> {
+    /// Allowed pids of the serving process (the server, or nginx's workers).
+    pub pids: &'a [u32],
+    /// Substring of the process name.
+    pub process: &'a str,
+}
+
+/// nginx as Debian ships it, in the private prefix `dir` (its temp paths, pid file and
+/// error log there), one worker, not daemonised; `http_block` is what goes inside
+/// `http { }`. Returns once every address in `listening` accepts connections.
+pub fn start_nginx(dir: &Path, http_block: &str, listening: &[SocketAddr]) -> ServerGuard {
+    let bin = Path::new("/usr/sbin/nginx");
+    assert!(
+        bin.exists(),
+        "nginx is not installed ({} is missing): run `make deps` (as root) to install the test dependencies",
+        bin.display()
+    );
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+{http_block}
+}}
+"
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("writing nginx.conf");
+    let mut cmd = Command::new(bin);
+    cmd.arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(dir)
+        .args(["-g", "daemon off;"]);
+    let mut guard = ServerGuard::spawn(cmd, "nginx");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for addr in listening {
+        guard.assert_running();
+        let left = deadline.saturating_duration_since(Instant::now());
+        wait_for_port(*addr, left.max(Duration::from_secs(1)));
+    }
+    guard
+}
