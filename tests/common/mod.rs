@@ -808,6 +808,36 @@ impl Problems {
         }
     }
 
+    /// The record's server end is one of the expected processes.
+    pub fn server_end(&mut self, tag: &str, r: &Value, server: &ServerIs) {
+        let name = r["server"]["process"].as_str().unwrap_or("");
+        self.check(name.contains(server.process), || {
+            format!(
+                "{tag}: server.process {}, want one containing {:?}",
+                r["server"]["process"], server.process
+            )
+        });
+        let pid = r["server"]["pid"].as_u64().unwrap_or(0) as u32;
+        self.check(server.pids.contains(&pid), || {
+            format!(
+                "{tag}: server.pid {}, want one of {:?}",
+                r["server"]["pid"], server.pids
+            )
+        });
+    }
+
+    /// An http record's times agree: 0 < start <= end, duration = end - start > 0.
+    pub fn timing(&mut self, tag: &str, r: &Value) {
+        let dur = r["duration_ns"].as_u64().unwrap_or(0);
+        let (s, end) = (
+            r["start_mono_ns"].as_u64().unwrap_or(0),
+            r["end_mono_ns"].as_u64().unwrap_or(0),
+        );
+        self.check(dur > 0 && s > 0 && end >= s && end - s == dur, || {
+            format!("{tag}: start_mono_ns {s} / end_mono_ns {end} / duration_ns {dur}: want 0 < start <= end, duration = end - start > 0")
+        });
+    }
+
     pub fn finish(self, context: impl FnOnce() -> String) {
         if !self.0.is_empty() {
             panic!(
