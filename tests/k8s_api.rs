@@ -18,13 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use k8s_alog::model::Endpoint;
 use k8s_alog::resolve::k8s::{K8sAttribution, K8sConfig};
 use k8s_alog::resolve::Attribution;
 use serde_json::Value;
 
 use common::*;
-use sim::{cgroup_id, SimNode};
+use sim::SimNode;
 
 const TOKEN: &str = "stand-in-token-1";
 
@@ -185,24 +184,6 @@ fn wait_services(k: &mut K8sAttribution, n: u64) {
     }
 }
 
-fn process_end(node: &SimNode, pod: &str, ctr: &str, pid: u32, port: u16) -> Endpoint {
-    Endpoint {
-        addr: Some(node.pod(pod).ip.parse().unwrap()),
-        port,
-        pid: Some(pid),
-        cgroup_id: Some(cgroup_id(&node.pod(pod).container(ctr).cgroup)),
-        ..Endpoint::default()
-    }
-}
-
-fn addr_end(a: &str, port: u16) -> Endpoint {
-    Endpoint {
-        addr: Some(a.parse().unwrap()),
-        port,
-        ..Endpoint::default()
-    }
-}
-
 #[test]
 fn api_services_name_pods_and_service_ips() {
     if !require_root() {
@@ -224,7 +205,7 @@ fn api_services_name_pods_and_service_ips() {
     wait_services(&mut k, 4);
 
     // Selector: cart-0 is in Service cart-svc (not "cart", the workload name).
-    let mut ep = process_end(&node, "cart", "cart", cart.pid(), 8080);
+    let mut ep = sim::process_end(&node, "cart", "cart", cart.pid(), 8080);
     k.attribute_process(&mut ep);
     assert_eq!(ep.service.as_deref(), Some("prod::cart-svc.shop"), "{ep:?}");
     assert_eq!(
@@ -232,12 +213,12 @@ fn api_services_name_pods_and_service_ips() {
         (Some("cart-0"), Some("cart"))
     );
     // EndpointSlice only (the Service has no selector).
-    let mut ep = process_end(&node, "pay", "payment", pay.pid(), 8080);
+    let mut ep = sim::process_end(&node, "pay", "payment", pay.pid(), 8080);
     k.attribute_process(&mut ep);
     assert_eq!(ep.service.as_deref(), Some("prod::payments.pay"), "{ep:?}");
     // No Service selects web: its app.kubernetes.io/name label (from the API) names it.
     let gone = node.run_and_exit("web", "web");
-    let mut ep = process_end(&node, "web", "web", gone, 40000);
+    let mut ep = sim::process_end(&node, "web", "web", gone, 40000);
     k.attribute_process(&mut ep);
     assert_eq!(
         ep.service.as_deref(),
@@ -253,7 +234,7 @@ fn api_services_name_pods_and_service_ips() {
         &format!("http://{}:{}/bytes/3", svc.ip, svc.port),
     );
     assert_eq!(code, 200);
-    let mut ep = addr_end(&svc.ip, svc.port);
+    let mut ep = sim::address_end(&svc.ip, svc.port);
     k.attribute_address(&mut ep, Some(node.addr("web", port)));
     assert_eq!(ep.resolved_by.as_deref(), Some("conntrack"), "{ep:?}");
     assert_eq!(
@@ -265,19 +246,19 @@ fn api_services_name_pods_and_service_ips() {
     assert_eq!(via.addr, Some(svc.ip.parse().unwrap()));
 
     // A Service IP nothing was sent to (no conntrack entry): the Service, no backend.
-    let mut ep = addr_end("198.19.7.12", 80);
+    let mut ep = sim::address_end("198.19.7.12", 80);
     k.attribute_address(&mut ep, Some(node.addr("web", 45678)));
     assert_eq!(ep.resolved_by.as_deref(), Some("service_ip"));
     assert_eq!(ep.service.as_deref(), Some("prod::catalog.shop"));
     assert!(ep.pod.is_none());
     // A pod on another node, by its IP.
-    let mut ep = addr_end("198.18.8.20", 8080);
+    let mut ep = sim::address_end("198.18.8.20", 8080);
     k.attribute_address(&mut ep, None);
     assert_eq!(ep.resolved_by.as_deref(), Some("pod_ip"));
     assert_eq!(ep.pod.as_deref(), Some("catalog-5c9d8f7b6c-m4n8p"));
     assert_eq!(ep.service.as_deref(), Some("prod::catalog.shop"));
     // A finished Job's IP is not a pod any more.
-    let mut ep = addr_end("198.18.7.14", 8080);
+    let mut ep = sim::address_end("198.18.7.14", 8080);
     k.attribute_address(&mut ep, Some(node.addr("web", 45679)));
     assert_eq!(ep.resolved_by.as_deref(), Some("unresolved"));
 
@@ -306,7 +287,7 @@ fn api_services_name_pods_and_service_ips() {
         std::thread::sleep(Duration::from_millis(100));
     }
     k.refresh_blocking(Duration::from_secs(5));
-    let mut ep = process_end(&node, "cart", "cart", cart.pid(), 8080);
+    let mut ep = sim::process_end(&node, "cart", "cart", cart.pid(), 8080);
     k.attribute_process(&mut ep);
     assert_eq!(ep.service.as_deref(), Some("prod::cart-svc.shop"));
     eprintln!("resolver stats: {:?}", k.stats());
@@ -325,7 +306,7 @@ fn api_services_name_pods_and_service_ips() {
         assert!(Instant::now() < deadline, "401 not counted");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut ep = process_end(&node, "cart", "cart", cart.pid(), 8080);
+    let mut ep = sim::process_end(&node, "cart", "cart", cart.pid(), 8080);
     k.attribute_process(&mut ep);
     assert_eq!(
         ep.service.as_deref(),

@@ -18,7 +18,7 @@ use k8s_alog::resolve::Attribution;
 use serde_json::Value;
 
 use common::*;
-use sim::{cgroup_id, SimNode};
+use sim::SimNode;
 
 /// The node's sources for these tests: the sim's kubelet layout, no runtime socket, no
 /// containerd state, no API.
@@ -31,24 +31,6 @@ fn sim_config(node: &SimNode) -> K8sConfig {
         in_cluster: false,
         refresh: Duration::from_millis(200),
         ..K8sConfig::default()
-    }
-}
-
-fn process_end(node: &SimNode, pod: &str, ctr: &str, pid: u32, port: u16) -> Endpoint {
-    Endpoint {
-        addr: Some(node.pod(pod).ip.parse().unwrap()),
-        port,
-        pid: Some(pid),
-        cgroup_id: Some(cgroup_id(&node.pod(pod).container(ctr).cgroup)),
-        ..Endpoint::default()
-    }
-}
-
-fn address_end(addr: &str, port: u16) -> Endpoint {
-    Endpoint {
-        addr: Some(addr.parse().unwrap()),
-        port,
-        ..Endpoint::default()
     }
 }
 
@@ -87,7 +69,7 @@ fn resolver_names_processes_pod_ips_and_service_backends() {
 
     // A process end: pod, namespace, container, service from its cgroup.
     let cart_pid = _cart.pid();
-    let mut ep = process_end(&node, "cart", "cart", cart_pid, 8080);
+    let mut ep = sim::process_end(&node, "cart", "cart", cart_pid, 8080);
     k.attribute_process(&mut ep);
     assert_eq!(
         names(&ep),
@@ -106,7 +88,7 @@ fn resolver_names_processes_pod_ips_and_service_backends() {
 
     // A process that has exited: its cgroup (from the cgroup tree walk) still names it.
     let gone = node.run_and_exit("web", "web");
-    let mut ep = process_end(&node, "web", "web", gone, 40000);
+    let mut ep = sim::process_end(&node, "web", "web", gone, 40000);
     k.attribute_process(&mut ep);
     assert_eq!(
         names(&ep),
@@ -122,7 +104,7 @@ fn resolver_names_processes_pod_ips_and_service_backends() {
 
     // Remote ends by pod IP (IPs found in the pods' network namespaces); in a pod with
     // two containers the listening port tells which.
-    let mut ep = address_end(&node.pod("pay").ip, 8080);
+    let mut ep = sim::address_end(&node.pod("pay").ip, 8080);
     k.attribute_address(&mut ep, None);
     assert_eq!(
         names(&ep),
@@ -135,7 +117,7 @@ fn resolver_names_processes_pod_ips_and_service_backends() {
         )
     );
     for (port, ctr) in [(8080, "cart"), (15001, "proxy")] {
-        let mut ep = address_end(&node.pod("cart").ip, port);
+        let mut ep = sim::address_end(&node.pod("cart").ip, port);
         k.attribute_address(&mut ep, None);
         assert_eq!(ep.container.as_deref(), Some(ctr), "port {port}");
         assert_eq!(ep.pod.as_deref(), Some("cart-0"));
@@ -149,7 +131,7 @@ fn resolver_names_processes_pod_ips_and_service_backends() {
         &format!("http://{}:{}/bytes/10", svc.ip, svc.port),
     );
     assert_eq!(code, 200);
-    let mut ep = address_end(&svc.ip, svc.port);
+    let mut ep = sim::address_end(&svc.ip, svc.port);
     k.attribute_address(&mut ep, Some(node.addr("web", local_port)));
     assert_eq!(
         names(&ep),
@@ -175,10 +157,10 @@ fn resolver_names_processes_pod_ips_and_service_backends() {
     );
 
     // Loopback inside a pod: the same pod as the local end; counted as intra-pod.
-    let mut local = process_end(&node, "cart", "proxy", _proxy.pid(), 41000);
+    let mut local = sim::process_end(&node, "cart", "proxy", _proxy.pid(), 41000);
     local.addr = Some("127.0.0.1".parse().unwrap());
     k.attribute_process(&mut local);
-    let mut remote = address_end("127.0.0.1", 8080);
+    let mut remote = sim::address_end("127.0.0.1", 8080);
     k.attribute_address(
         &mut remote,
         Some(SocketAddr::new(local.addr.unwrap(), 41000)),
@@ -195,7 +177,7 @@ fn resolver_names_processes_pod_ips_and_service_backends() {
     );
 
     // Nothing knows this address.
-    let mut ep = address_end("198.18.99.99", 80);
+    let mut ep = sim::address_end("198.18.99.99", 80);
     k.attribute_address(&mut ep, Some(node.addr("web", 45000)));
     assert_eq!(ep.resolved_by.as_deref(), Some("unresolved"));
     assert!(ep.via.is_none() && ep.pod.is_none());

@@ -249,3 +249,30 @@ pub fn cgroup_id(dir: &Path) -> u64 {
         .unwrap_or_else(|e| panic!("stat {}: {e}", dir.display()))
         .ino()
 }
+
+/// An end whose socket belongs to `pid` in container `ctr` of pod `pod` (what the engine
+/// hands the resolver when it saw the process).
+pub fn process_end(
+    node: &SimNode,
+    pod: &str,
+    ctr: &str,
+    pid: u32,
+    port: u16,
+) -> k8s_alog::model::Endpoint {
+    k8s_alog::model::Endpoint {
+        addr: Some(node.pod(pod).ip.parse().unwrap()),
+        port,
+        pid: Some(pid),
+        cgroup_id: Some(cgroup_id(&node.pod(pod).container(ctr).cgroup)),
+        ..Default::default()
+    }
+}
+
+/// An end known only by its address.
+pub fn address_end(addr: &str, port: u16) -> k8s_alog::model::Endpoint {
+    k8s_alog::model::Endpoint {
+        addr: Some(addr.parse().unwrap()),
+        port,
+        ..Default::default()
+    }
+}
