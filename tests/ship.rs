@@ -1,6 +1,6 @@
 //! What makes k8s-alog shippable, checked on the binary under test (`K8S_ALOG_BIN`: the
-//! static build in `make test-static`): help and version; `doctor` on this machine;
-//! a short `record` of real traffic; host names resolved without libc in a network
+//! static build in `make test-static`): help and version; `doctor` on this machine, and
+//! asking a real containerd for its CRI version; a short `record` of real traffic; host names resolved without libc in a network
 //! namespace with its own /etc/hosts and a real DNS server (dnsmasq); completions and
 //! man pages in step with the CLI; `make install` layout; deploy/ manifests against the
 //! Kubernetes schemas.
@@ -593,4 +593,130 @@ fn deploy_manifests_pass_the_kubernetes_schemas() {
             String::from_utf8_lossy(&o.stdout)
         );
     }
+}
+
+/// A bare containerd (no pods) with its root, state and socket in a temporary directory;
+/// stopped by its pid and removed on drop.
+struct BareContainerd {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl BareContainerd {
+    fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("alog-ctrd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().display().to_string();
+        // The two non-default settings these machines need (no systemd, no
+        // CAP_SYS_RESOURCE), as in the CRI test rig.
+        let cfg = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+    SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{d}/cni"
+"#
+        );
+        std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting containerd (run `make deps`)");
+        let me = Self {
+            dir,
+            child: Some(child),
+        };
+        wait_for_file(&me.sock(), Duration::from_secs(30));
+        me
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+}
+
+impl Drop for BareContainerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling the child this guard started.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn doctor_asks_a_real_containerd_for_its_cri_version() {
+    if !require_root() {
+        return;
+    }
+    let had_run_containerd = Path::new("/run/containerd").exists();
+    let ctrd = BareContainerd::start();
+    let sock = ctrd.sock();
+    let state = ctrd
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task/k8s.io");
+    let pods = tempfile::tempdir().unwrap();
+    for p in ["shop_web-0_5f0c2a1e", "shop_cart-0_6a1d3b2f"] {
+        std::fs::create_dir_all(pods.path().join(p).join("app")).unwrap();
+    }
+    let o = run_bin(&[
+        "doctor",
+        "--json",
+        "--cri-socket",
+        sock.to_str().unwrap(),
+        "--containerd-state",
+        state.to_str().unwrap(),
+        "--kubelet-pods-dir",
+        pods.path().to_str().unwrap(),
+    ]);
+    drop(ctrd);
+    if !had_run_containerd {
+        let _ = std::fs::remove_dir_all("/run/containerd");
+    }
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", o.stdout, o.stderr);
+    let j: Value = serde_json::from_str(&o.stdout).unwrap();
+    let rt = &j["facts"]["runtimes"][0];
+    assert_eq!(rt["path"], sock.to_str().unwrap());
+    assert_eq!(rt["state"]["state"], "answered", "{rt}");
+    assert_eq!(rt["state"]["runtime"], "containerd", "{rt}");
+    assert_eq!(rt["state"]["api"], "v1", "{rt}");
+    assert_eq!(j["facts"]["kubelet_pods"], 2);
+    let works: Vec<&str> = j["verdict"]["works"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        works.iter().any(|w| w.contains("CRI of containerd")),
+        "{works:?}"
+    );
 }
