@@ -3,8 +3,9 @@
 Three roles, each run as a container of a simulated pod (scripts/demo.sh):
 
   demo_traffic.py payment PORT
-      the payment service: POST /charge answers in 5-40 ms, 1 in 8 slow (300-800 ms),
-      1 in 12 fails with 503; GET /healthz.
+      the payment service: POST /charge answers in 5-40 ms; every 8th charge is slow
+      (300-800 ms) and every 12th fails with 503 (counted, not drawn, so that even a
+      short demo shows both); GET /healthz.
   demo_traffic.py cart PORT PAYMENT_URL
       the cart service: GET /cart/items, GET /cart/items/ID (404 for unknown ids),
       POST /cart/checkout calls PAYMENT_URL/charge (through its Service IP) and passes
@@ -20,6 +21,7 @@ import http.client
 import json
 import random
 import sys
+import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,6 +51,9 @@ class Base(BaseHTTPRequestHandler):
 
 
 class Payment(Base):
+    charges = 0
+    lock = threading.Lock()
+
     def do_GET(self):
         if self.path == "/healthz":
             self.reply(200, {"ok": True})
@@ -60,9 +65,11 @@ class Payment(Base):
         if self.path != "/charge":
             self.reply(404, {"error": "not found"})
             return
-        r = random.random()
-        time.sleep(random.uniform(0.3, 0.8) if r < 0.125 else random.uniform(0.005, 0.04))
-        if random.random() < 1 / 12:
+        with Payment.lock:
+            Payment.charges += 1
+            n = Payment.charges
+        time.sleep(random.uniform(0.3, 0.8) if n % 8 == 3 else random.uniform(0.005, 0.04))
+        if n % 12 == 5:
             self.reply(503, {"error": "card processor unavailable"})
         else:
             self.reply(200, {"charged": True, "ref": random.randrange(1 << 30)})

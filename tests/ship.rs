@@ -1,6 +1,7 @@
 //! What makes k8s-alog shippable, checked on the binary under test (`K8S_ALOG_BIN`: the
 //! static build in `make test-static`): help and version; `doctor` on this machine, and
-//! asking a real containerd for its CRI version; a short `record` of real traffic; host names resolved without libc in a network
+//! asking a real containerd for its CRI version; a short `record` of real traffic;
+//! `make demo`'s script end to end; host names resolved without libc in a network
 //! namespace with its own /etc/hosts and a real DNS server (dnsmasq); completions and
 //! man pages in step with the CLI; `make install` layout; deploy/ manifests against the
 //! Kubernetes schemas.
@@ -718,5 +719,93 @@ fn doctor_asks_a_real_containerd_for_its_cri_version() {
     assert!(
         works.iter().any(|w| w.contains("CRI of containerd")),
         "{works:?}"
+    );
+}
+
+/// `make demo`'s script, end to end with `record` as the tool: the shop's traffic is
+/// captured with pods and Services on both ends, errors and slow requests included, and
+/// the simulated node is gone afterwards.
+#[test]
+fn demo_shows_a_shop_with_errors_and_slow_requests() {
+    if !require_root() {
+        return;
+    }
+    let root = tempfile::Builder::new()
+        .prefix("alog-demo-")
+        .tempdir()
+        .unwrap();
+    let sim_root = root.path().join("sim");
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("scripts/demo.sh"))
+        .arg(alog_bin())
+        .args(["record", "--out", "-", "--stats-interval", "5"])
+        .env("DEMO_ROOT", &sim_root)
+        .env("DEMO_RATE", "20")
+        .env("DEMO_SECONDS", "15");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("K8S_ALOG_") {
+            cmd.env_remove(&k);
+        }
+    }
+    let o = Running::spawn(cmd, "scripts/demo.sh").wait(Duration::from_secs(300));
+    assert!(
+        o.status.success(),
+        "demo.sh failed ({}):\n{}",
+        o.status,
+        o.stderr
+    );
+    assert!(
+        !sim_root.exists(),
+        "the simulated node's files are left behind"
+    );
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains("alogsim"),
+        "simulated pods left behind"
+    );
+    let recs: Vec<Value> = o
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    // One record per exchange, as the server saw it.
+    let http: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["kind"] == "http" && r["observed_by"] == "server")
+        .collect();
+    let between = |client: &str, service: &str| -> Vec<&Value> {
+        http.iter()
+            .copied()
+            .filter(|r| {
+                r["client"]["pod"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(client))
+                    && r["server"]["service"] == service
+            })
+            .collect()
+    };
+    let web_cart = between("web-", "cart.shop");
+    let cart_pay = between("cart-0", "payment.pay");
+    println!(
+        "{} records: {} http (server side), web -> cart {}, cart -> payment {}",
+        recs.len(),
+        http.len(),
+        web_cart.len(),
+        cart_pay.len()
+    );
+    assert!(web_cart.len() >= 20, "{}", dump_http(&web_cart));
+    assert!(cart_pay.len() >= 12, "{}", dump_http(&cart_pay));
+    let status = |rs: &[&Value], code: u64| rs.iter().filter(|r| r["status"] == code).count();
+    assert!(status(&web_cart, 404) > 0, "no 404 from cart");
+    assert!(status(&cart_pay, 503) > 0, "no 503 from payment");
+    assert!(status(&web_cart, 502) > 0, "no 502 from cart");
+    let slow = cart_pay
+        .iter()
+        .filter(|r| r["duration_ns"].as_u64().unwrap_or(0) >= 300_000_000)
+        .count();
+    assert!(
+        slow > 0,
+        "no slow payment (>= 300 ms)\n{}",
+        dump_http(&cart_pay)
     );
 }
