@@ -6,7 +6,7 @@ CARGO ?= cargo
 TARGET ?= x86_64-unknown-linux-gnu
 STATIC_BIN := target/$(TARGET)/release/k8s-alog
 
-.PHONY: help deps build static test test-static bench install clean
+.PHONY: help deps build static test test-static bench install clean generate demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,14 +28,36 @@ test: ## Run every test: unit tests, the real-kernel tests (root), then the stat
 	$(CARGO) test --release -- --test-threads=1
 	$(MAKE) test-static
 
-test-static: static ## Run the real-kernel capture tests against the static binary
+test-static: static ## Run the real-kernel capture tests and the shipping checks against the static binary
 	K8S_ALOG_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --release --test capture_http1 -- --test-threads=1
+	K8S_ALOG_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --release --test ship -- --test-threads=1
 
 bench: build ## Measure cost and completeness side by side with a no-capture baseline, a floor and tshark (root, ~10 min)
 	./bench/run.sh
 
-install: build ## Install the binary (PREFIX, DESTDIR)
-	install -D -m 0755 target/release/k8s-alog $(DESTDIR)$(PREFIX)/bin/k8s-alog
+# What `make install` installs: the static binary if built (`make static`), else the
+# release build; INSTALL_BIN=path overrides.
+INSTALL_BIN ?= $(if $(wildcard $(STATIC_BIN)),$(STATIC_BIN),target/release/k8s-alog)
+MANPAGES := $(wildcard man/*.1)
+
+install: ## Install binary, completions (bash, zsh, fish) and man pages (PREFIX, DESTDIR)
+	@test -x $(INSTALL_BIN) || $(MAKE) build
+	install -D -m 0755 $(INSTALL_BIN) $(DESTDIR)$(PREFIX)/bin/k8s-alog
+	install -D -m 0644 completions/k8s-alog.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/k8s-alog
+	install -D -m 0644 completions/_k8s-alog $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_k8s-alog
+	install -D -m 0644 completions/k8s-alog.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/k8s-alog.fish
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0644 $(MANPAGES) $(DESTDIR)$(PREFIX)/share/man/man1/
+
+generate: build ## Regenerate completions/ and man/ from the CLI (commit the result)
+	rm -f completions/* man/*
+	./target/release/k8s-alog generate --out-dir .
+
+# The command `make demo` runs on the simulated node's traffic; `top` when it lands.
+TOOL_CMD ?= record --out - --stats-interval 5
+
+demo: build ## A simulated Kubernetes node with realistic traffic, and k8s-alog on it (root; Ctrl-C ends)
+	./scripts/demo.sh ./target/release/k8s-alog $(TOOL_CMD)
 
 clean: ## Remove build output
 	$(CARGO) clean

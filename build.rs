@@ -30,7 +30,23 @@ fn main() {
     for f in ["src/bpf/alog.bpf.c", "src/bpf/alog.h", "src/bpf/vmlinux.h"] {
         println!("cargo:rerun-if-changed={f}");
     }
+    compile_probes(target_arch, &out);
     compile_protos();
+}
+
+/// The tiny programs `k8s-alog doctor` loads one by one to learn what this kernel allows.
+fn compile_probes(target_arch: &str, out: &std::path::Path) {
+    SkeletonBuilder::new()
+        .source("src/bpf/probe.bpf.c")
+        .clang_args([
+            format!("-D__TARGET_ARCH_{target_arch}"),
+            "-Wall".to_string(),
+            "-Werror".to_string(),
+            "-Isrc/bpf".to_string(),
+        ])
+        .build_and_generate(out.join("probe.skel.rs"))
+        .expect("compiling src/bpf/probe.bpf.c (is clang installed? run `make deps`)");
+    println!("cargo:rerun-if-changed=src/bpf/probe.bpf.c");
 }
 
 /// Every `proto/*.proto` into tonic clients and servers in `OUT_DIR`.

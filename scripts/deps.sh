@@ -10,6 +10,8 @@ pkgs=(
     curl nginx wrk python3 python3-pip nghttp2-client nghttp2-server openssl golang-go gcc libssl-dev
     # the simulated node and the real containerd of the Kubernetes tests
     iproute2 nftables containerd runc containernetworking-plugins busybox-static
+    # shipping checks: a real DNS server for the static binary's resolver test
+    dnsmasq-base
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -24,5 +26,9 @@ py=/usr/bin/python3
 if ! "$py" -c 'import grpc, grpc_tools, h2' 2>/dev/null; then
     "$py" -m pip install -q --break-system-packages --root-user-action=ignore \
         -r tests/fixtures/grpc/requirements.txt -r tests/fixtures/h2/requirements.txt
+fi
+# Kubernetes JSON schemas for the deploy/ manifests' check (tests/ship.rs).
+if ! "$py" -c 'import kubernetes_validate' 2>/dev/null; then
+    "$py" -m pip install -q --break-system-packages --root-user-action=ignore 'kubernetes-validate==1.37.0'
 fi
 rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-gnu || rustup target add x86_64-unknown-linux-gnu

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 /// Who talks to whom on this Kubernetes node, and how fast: every TCP connection and
 /// HTTP exchange, captured with eBPF.
 #[derive(Debug, Parser)]
-#[command(name = "k8s-alog", version, propagate_version = true)]
+#[command(name = "k8s-alog", version, propagate_version = true, after_help = TOP_HELP)]
 pub struct Cli {
     /// Log level for messages on stderr (error, warn, info, debug, trace).
     #[arg(long, global = true, env = "K8S_ALOG_LOG", default_value = "info")]
@@ -27,8 +27,47 @@ pub enum Command {
     /// Stream access logs to Apache SkyWalking OAP (its eBPF access-log protocol).
     Push(Box<PushArgs>),
     /// What this node can do and why: kernel, BTF, program types, runtime, kubelet, API.
-    Doctor(DoctorArgs),
+    #[command(after_help = DOCTOR_EXAMPLES)]
+    Doctor(Box<DoctorArgs>),
+    /// Write shell completions and man pages generated from this CLI (packaging).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+    /// Resolve host:port as the OAP client does (/etc/hosts, then DNS), without libc.
+    #[command(hide = true)]
+    Resolve(ResolveArgs),
 }
+
+const TOP_HELP: &str = "\
+Start with `sudo k8s-alog doctor`: it says what this node supports and what will work.
+
+Examples:
+  sudo k8s-alog doctor                               # can capture run here? (exit code says)
+  sudo k8s-alog record --out - | jq .                # every exchange as JSON, to stdout
+  sudo k8s-alog top                                  # live dashboard
+  sudo k8s-alog push --oap oap.skywalking:11800      # to Apache SkyWalking OAP
+
+Every flag can also be set by an environment variable K8S_ALOG_<FLAG> (shown in each
+subcommand's --help), as a DaemonSet does.
+
+Exit codes: 0 done; 1 error; 2 bad usage; 3 not permitted (run as root, or grant
+CAP_BPF and CAP_PERFMON); 4 kernel without BTF; 5 kernel refused a BPF program;
+doctor also: 6 capture runs degraded; 7 the --oap address is unreachable.";
+
+const DOCTOR_EXAMPLES: &str = "\
+Examples:
+  sudo k8s-alog doctor                              # table and verdict
+  sudo k8s-alog doctor --json | jq .verdict         # for scripts
+  sudo k8s-alog doctor --oap oap.skywalking:11800   # can push reach the OAP?
+  sudo k8s-alog doctor --host-root /host            # in a pod with the host's / at /host
+
+The BPF program types are tried for real: each is loaded, attached and triggered
+(a loopback TCP connect, a call into this binary), then k8s-alog's own capture
+programs are loaded and attached once. Nothing is captured.
+
+Exit codes: 0 capture runs fully; 6 capture runs degraded (the verdict says what is
+missing); 7 capture runs but the --oap address does not resolve or answer;
+3 not permitted (run as root, or grant CAP_BPF and CAP_PERFMON); 4 kernel without
+BTF; 5 the kernel refused the capture programs; 1 doctor failed; 2 bad usage.";
 
 const RECORD_EXAMPLES: &str = "\
 Examples:
@@ -178,6 +217,33 @@ pub struct PushArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DoctorArgs {
+    /// Print the report as JSON (checks, facts, verdict).
+    #[arg(long, env = "K8S_ALOG_JSON")]
+    pub json: bool,
+
+    /// Also check that these OAP addresses (host:port, repeatable) resolve and accept
+    /// connections.
+    #[arg(long, env = "K8S_ALOG_OAP", value_delimiter = ',')]
+    pub oap: Vec<String>,
+
+    /// Seconds each network check (CRI socket, API, OAP) may take.
+    #[arg(long, env = "K8S_ALOG_DOCTOR_TIMEOUT", default_value_t = 3.0)]
+    pub timeout: f64,
+
     #[command(flatten)]
     pub k8s: K8sArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// Directory that receives completions/ and man/ (the repository root for the
+    /// committed copies).
+    #[arg(long, default_value = ".")]
+    pub out_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResolveArgs {
+    /// host:port to resolve.
+    pub host_port: String,
 }

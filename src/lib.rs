@@ -7,9 +7,11 @@
 pub mod capture;
 pub mod cli;
 pub mod cmd;
+pub mod doctor;
 pub mod engine;
 pub mod entities;
 pub mod model;
+pub mod netaddr;
 pub mod protocol;
 pub mod resolve;
 pub mod sink;

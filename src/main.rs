@@ -14,6 +14,8 @@ fn main() -> ExitCode {
         Command::Top(a) => k8s_alog::cmd::top::run(a),
         Command::Push(a) => k8s_alog::cmd::push::run(a),
         Command::Doctor(a) => k8s_alog::cmd::doctor::run(a),
+        Command::Generate(a) => k8s_alog::cmd::generate::run(a),
+        Command::Resolve(a) => k8s_alog::cmd::generate::resolve(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

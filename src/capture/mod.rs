@@ -153,6 +153,15 @@ fn tls_enabled() -> bool {
 impl Capture {
     /// Open, load and attach. Filters are applied in the kernel.
     pub fn start(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
+        Self::start_inner(cfg, tls_enabled())
+    }
+
+    /// [`Capture::start`] without the TLS probes (`doctor` checks the core programs).
+    pub fn start_without_tls(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
+        Self::start_inner(cfg, false)
+    }
+
+    fn start_inner(cfg: &CaptureConfig, tls: bool) -> Result<Self, CaptureError> {
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             return Err(CaptureError::NoBtf);
         }
@@ -236,7 +245,7 @@ impl Capture {
         let mut debug_log = debug::DebugLog::from_env();
         let mut tls_probes = None;
         let mut tls_stats = TlsStatsSource::default();
-        if tls_enabled() {
+        if tls {
             // Exec notifications first, so that no process started during the scan
             // below goes unseen.
             match skel.progs.on_exec.attach() {
@@ -252,6 +261,8 @@ impl Capture {
             });
             tls_stats = probes.stats_source();
             tls_probes = Some(probes);
+        } else if tls_enabled() {
+            tracing::debug!("TLS probes not started");
         } else {
             tracing::info!("TLS probes off ({TLS_ENV})");
         }

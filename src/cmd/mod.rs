@@ -1,6 +1,7 @@
 //! Subcommands: wiring only.
 
 pub mod doctor;
+pub mod generate;
 pub mod live;
 pub mod push;
 pub mod record;

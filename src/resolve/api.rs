@@ -280,7 +280,17 @@ impl ApiClient {
     }
 
     async fn get_inner(&self, path_and_query: &str) -> anyhow::Result<(StatusCode, Bytes)> {
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+        // Host names through the project's own resolver: the static binary's libc cannot.
+        let addrs: Vec<std::net::SocketAddr> = match self.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![std::net::SocketAddr::new(ip, self.port)],
+            Err(_) => {
+                let hp = format!("{}:{}", self.host, self.port);
+                tokio::task::spawn_blocking(move || crate::netaddr::resolve(&hp))
+                    .await
+                    .context("resolver task")??
+            }
+        };
+        let tcp = tokio::net::TcpStream::connect(addrs.as_slice())
             .await
             .with_context(|| format!("connecting to the API server {}:{}", self.host, self.port))?;
         let _ = tcp.set_nodelay(true);
