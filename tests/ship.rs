@@ -768,10 +768,13 @@ fn demo_shows_a_shop_with_errors_and_slow_requests() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    // One record per exchange, as the server saw it.
+    // One record per exchange, as the server saw it (`both` when the client's socket,
+    // dialling the Service IP, was paired with the server's).
     let http: Vec<&Value> = recs
         .iter()
-        .filter(|r| r["kind"] == "http" && r["observed_by"] == "server")
+        .filter(|r| {
+            r["kind"] == "http" && matches!(r["observed_by"].as_str(), Some("server" | "both"))
+        })
         .collect();
     let between = |client: &str, service: &str| -> Vec<&Value> {
         http.iter()
