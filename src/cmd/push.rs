@@ -42,6 +42,7 @@ pub fn run(args: &PushArgs) -> anyhow::Result<()> {
     // Deliver (or spool) what is left, within the flush timeout, whatever happened above.
     let st = sink.finish();
     eprintln!("k8s-alog: push to {to}: {st}");
+    eprintln!("k8s-alog: push counters: {}", st.kv());
     res
 }
 

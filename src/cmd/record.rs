@@ -51,6 +51,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     if let Some(o) = &mut oap {
         let st = o.finish();
         eprintln!("k8s-alog: push to {}: {st}", args.oap.oap.join(","));
+        eprintln!("k8s-alog: push counters: {}", st.kv());
     }
     let s = res?;
     eprintln!(

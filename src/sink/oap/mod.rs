@@ -166,6 +166,42 @@ impl OapCounters {
     }
 }
 
+impl OapStats {
+    /// `name=value` pairs, one space apart (for scripts and log search).
+    pub fn kv(&self) -> String {
+        let f = [
+            ("records", self.records),
+            ("messages_mapped", self.messages_mapped),
+            ("batches_mapped", self.batches_mapped),
+            ("messages_sent", self.messages_sent),
+            ("batches_sent", self.batches_sent),
+            ("connects", self.connects),
+            ("reconnects", self.reconnects),
+            ("connect_failures", self.connect_failures),
+            ("send_failures", self.send_failures),
+            ("spooled_batches", self.spooled_batches),
+            ("spooled_messages", self.spooled_messages),
+            ("spool_delivered_batches", self.spool_delivered_batches),
+            ("spool_delivered_messages", self.spool_delivered_messages),
+            ("dropped_batches", self.dropped_batches),
+            ("dropped_messages", self.dropped_messages),
+            ("spool_corrupt_files", self.spool_corrupt_files),
+            ("spool_bytes", self.spool_bytes),
+            ("spool_peak_bytes", self.spool_peak_bytes),
+            ("spool_waiting_messages", self.spool_waiting_messages),
+            ("excluded_views", self.excluded_views),
+            (
+                "exchanges_without_protocol_log",
+                self.exchanges_without_protocol_log,
+            ),
+        ];
+        f.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 impl std::fmt::Display for OapStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
