@@ -1075,3 +1075,116 @@ fn replay_of_a_recording_sends_what_the_live_push_sent() {
     assert_eq!(ca.exchanges, cb.exchanges, "exchange messages differ");
     assert_eq!(ca.kernel, cb.kernel, "kernel logs differ");
 }
+
+/// A synthetic exchange record (the delivery test below is about delivery, not capture).
+fn synthetic_http(i: u16) -> k8s_alog::model::Record {
+    serde_json::from_value(serde_json::json!({
+        "kind": "http", "v": 1, "time": "2026-01-01T00:00:01.000001000Z",
+        "conn_id": 100 + u64::from(i), "observed_by": "server",
+        "client": {"addr": "10.0.0.1", "port": 40000 + i, "pod": "web-1", "namespace": "shop", "service": "web.shop"},
+        "server": {"addr": "10.0.0.2", "port": 8080, "pod": "cart-0", "namespace": "shop", "service": "cart.shop"},
+        "protocol": "HTTP/1.1", "tls": false, "method": "GET", "path": "/x", "status": 200,
+        "request": {"header_bytes": 50, "body_bytes": 0}, "response": {"header_bytes": 60, "body_bytes": 10},
+        "start_mono_ns": 1_000_000_000u64, "end_mono_ns": 1_000_001_000u64,
+        "start_time": "2026-01-01T00:00:01.000000000Z", "duration_ns": 1000,
+        "error": false, "complete": true, "partial": false
+    }))
+    .unwrap()
+}
+
+/// Delivery alone (no capture, so no root needed): a dead first address is skipped for
+/// the live second one; a spool left by an earlier run is delivered first, oldest first;
+/// a damaged spool file is set aside and counted, not fatal.
+#[test]
+fn delivery_fails_over_and_skips_damaged_spool_files() {
+    use k8s_alog::sink::oap::mapping::{Mapper, NodeConfig};
+    use k8s_alog::sink::oap::spool::Spool;
+    use k8s_alog::sink::oap::{OapConfig, OapSink};
+    use k8s_alog::sink::Sink;
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig {
+        name: "n1".into(),
+        ..NodeConfig::default()
+    };
+    let earlier = Mapper::new(node.clone()).batch(&[synthetic_http(1), synthetic_http(2)]);
+    {
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        s.push(&earlier).unwrap();
+        s.push(&earlier).unwrap();
+    }
+    let second = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "batch"))
+        .max()
+        .unwrap();
+    std::fs::write(&second, b"ALOGSPL1 damaged by a test").unwrap();
+
+    let dead = free_port();
+    let live_port = free_port();
+    let streams: Streams = Arc::default();
+    let oap = StandIn::start(live_port, Arc::clone(&streams), None);
+    let cfg = OapConfig {
+        addresses: vec![
+            format!("127.0.0.1:{dead}"),
+            format!("127.0.0.1:{live_port}"),
+        ],
+        tls: None,
+        token: Some("tok".into()),
+        batch_size: 100,
+        batch_period: Duration::from_millis(200),
+        spool_dir: dir.path().to_path_buf(),
+        spool_max_bytes: 1 << 20,
+        node,
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(30),
+        flush_timeout: Duration::from_secs(20),
+        log_every: Duration::ZERO,
+    };
+    let mut sink = OapSink::start(cfg).unwrap();
+    for i in 10..15 {
+        sink.write(&synthetic_http(i)).unwrap();
+    }
+    let st = sink.finish();
+    drop(sink);
+    oap.stop();
+    let got = snapshot(&streams);
+    eprintln!("figures: {st}");
+    assert_eq!(
+        got.len(),
+        2,
+        "the spooled batch, then the new one: {got:#?}"
+    );
+    assert_eq!(
+        got[0].messages, earlier,
+        "the earlier run's batch first, unchanged"
+    );
+    assert_eq!(got[1].messages.len(), 5);
+    assert!(got.iter().all(|s| s.token.as_deref() == Some("tok")));
+    assert_eq!(st.spool_corrupt_files, 1, "{st:?}");
+    assert_eq!(st.spool_delivered_messages, 2, "{st:?}");
+    assert_eq!(st.messages_sent, 7, "{st:?}");
+    assert!(
+        st.connect_failures >= 1,
+        "the dead address was tried first: {st:?}"
+    );
+    assert_eq!(
+        (st.spool_waiting_messages, st.dropped_messages),
+        (0, 0),
+        "{st:?}"
+    );
+    let aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".corrupt")
+        })
+        .count();
+    assert_eq!(aside, 1);
+}

@@ -886,8 +886,12 @@ impl Delivery {
         // Closing: one more try if the OAP is away, then deliver what is left within the
         // flush timeout; what is not delivered stays in the spool.
         let deadline = tokio::time::Instant::now() + self.cfg.flush_timeout;
-        if !self.connected() {
-            self.try_connect().await;
+        if !self.connected()
+            && tokio::time::timeout_at(deadline, self.try_connect())
+                .await
+                .is_err()
+        {
+            tracing::warn!("oap: no connection within the flush timeout");
         }
         self.drain_spool(Some(deadline)).await;
         while let Ok(b) = rx.try_recv() {
