@@ -354,8 +354,14 @@ fn start_push(node: &SimNode, port: u16, spool: &Path, extra: &[&str]) -> Alog {
 
 /// `curl` in a pod with several URLs on one keep-alive connection; returns the local port.
 fn curl_many(node: &SimNode, pod: &str, ctr: &str, urls: &[String]) -> u16 {
+    curl_with(node, pod, ctr, &[], urls)
+}
+
+/// `curl_many` with extra curl options.
+fn curl_with(node: &SimNode, pod: &str, ctr: &str, opts: &[&str], urls: &[String]) -> u16 {
     let mut cmd = node.command(pod, ctr, "/usr/bin/curl");
     cmd.args(["-q", "-s", "-S", "--noproxy", "*", "--max-time", "30"]);
+    cmd.args(opts);
     for u in urls {
         cmd.args(["-o", "/dev/null", u.as_str()]);
     }
@@ -528,11 +534,28 @@ fn live_session_arrives_as_the_contract_says() {
     let streams: Streams = Arc::default();
     let oap = StandIn::start(port, Arc::clone(&streams), None);
     let spool = tempfile::tempdir().unwrap();
+    // HTTP/2 (prior knowledge) from nghttpd in the cart pod's second container.
+    let h2_files = tempfile::tempdir().unwrap();
+    std::fs::write(h2_files.path().join("small"), b"abcd").unwrap();
+    let mut h2cmd = node.command("cart", "proxy", "/usr/sbin/nghttpd");
+    h2cmd
+        .args(["--no-tls", "-d"])
+        .arg(h2_files.path())
+        .arg("15001");
+    let _h2 = ServerGuard::spawn(h2cmd, "nghttpd in cart/proxy");
+    wait_for_port(node.addr("cart", 15001), Duration::from_secs(20));
     let push = start_push(
         &node,
         port,
         spool.path(),
-        &["--oap-token", "t0ken", "--oap-cluster", "sim"],
+        &[
+            "--oap-token",
+            "t0ken",
+            "--oap-cluster",
+            "sim",
+            "--port",
+            "15001",
+        ],
     );
     let t0 = monotonic_ns();
     let mut singles = Vec::new();
@@ -552,7 +575,15 @@ fn live_session_arrives_as_the_contract_says() {
     );
     let (_, pay_port, code) = node.curl("cart", "cart", &url(&node, "pay", "/status/503"));
     assert_eq!(code, 503);
+    let h2_port = curl_with(
+        &node,
+        "web",
+        "web",
+        &["--http2-prior-knowledge"],
+        &[format!("http://{}:15001/small", node.pod("cart").ip)],
+    );
     wait_port_idle(8080, Duration::from_secs(10));
+    wait_port_idle(15001, Duration::from_secs(10));
     let (_, c) = push.stop();
     let t1 = monotonic_ns();
     oap.stop();
@@ -695,6 +726,36 @@ fn live_session_arrives_as_the_contract_says() {
                 ("cart.shop", &cart.name),
             );
         }
+    }
+    // HTTP/2: protocol HTTP_2 on the connection, version HTTP2 on the exchange.
+    let v = of_client_port(&msgs, h2_port, pb::DetectPoint::Server);
+    let x = exchanges(&v);
+    assert_eq!(x.len(), 1, "{v:#?}");
+    assert_eq!(x[0].version, pb::AccessLogHttpProtocolVersion::Http2 as i32);
+    let req = x[0].request.as_ref().unwrap();
+    assert_eq!(
+        (req.method, req.path.as_str()),
+        (pb::AccessLogHttpProtocolRequestMethod::Get as i32, "/small")
+    );
+    let resp = x[0].response.as_ref().unwrap();
+    assert_eq!((resp.status_code, resp.size_of_body_bytes), (200, 4));
+    for (c, _) in &v {
+        assert_eq!(c.protocol, pb::AccessLogProtocolType::Http2 as i32);
+        let s = k8s(&c.local).expect("server end named");
+        assert_eq!(
+            (
+                s.service_name.as_str(),
+                s.pod_name.as_str(),
+                s.container_name.as_str(),
+                s.port
+            ),
+            ("cart.shop", cart.name.as_str(), "proxy", 15001)
+        );
+        let cl = k8s(&c.remote).expect("client end named");
+        assert_eq!(
+            (cl.service_name.as_str(), cl.pod_name.as_str()),
+            ("web.shop", web.name.as_str())
+        );
     }
     eprintln!(
         "figures: {} streams, {} messages, {} HTTP exchanges, {} kernel logs",

@@ -1000,6 +1000,40 @@ mod tests {
     }
 
     #[test]
+    fn http2_exchanges_and_zipkin_traces() {
+        let mut m = Mapper::new(node());
+        let mut r = http(8, ObservedBy::Server, "POST", Some(200), 100);
+        if let Record::Http(h) = &mut r {
+            h.protocol = "HTTP/2".into();
+            h.path = Some("/shop.Cart/Add".into());
+            h.trace = Some(Trace {
+                provider: "zipkin".into(),
+                trace_id: "abc".into(),
+                segment_id: None,
+                span_id: Some("def".into()),
+                parent_service: None,
+            });
+        }
+        let msgs = m.batch(&[r]);
+        let c = msgs[0].connection.as_ref().unwrap();
+        assert_eq!(c.protocol, pb::AccessLogProtocolType::Http2 as i32);
+        let h = http_of(&msgs[0]);
+        assert_eq!(h.version, pb::AccessLogHttpProtocolVersion::Http2 as i32);
+        let req = h.request.as_ref().unwrap();
+        assert_eq!(req.path, "/shop.Cart/Add");
+        let t = req.trace.as_ref().unwrap();
+        assert_eq!(t.provider, pb::AccessLogTraceInfoProvider::Zipkin as i32);
+        assert_eq!(
+            (
+                t.trace_id.as_str(),
+                t.trace_segment_id.as_str(),
+                t.span_id.as_str()
+            ),
+            ("abc", "", "def")
+        );
+    }
+
+    #[test]
     fn same_records_same_messages() {
         let recs = vec![
             http(1, ObservedBy::Server, "GET", Some(200), 100),
