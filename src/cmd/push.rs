@@ -10,15 +10,17 @@ use crate::sink::oap::OapSink;
 use crate::sink::Sink;
 
 pub fn run(args: &PushArgs) -> anyhow::Result<()> {
+    // A recording that cannot be read is an error before anything is connected or spooled.
+    let records = args.from.as_deref().map(read_records).transpose()?;
     let Some(mut sink) = OapSink::from_args(&args.oap, &args.k8s)? else {
         return Err(
             CaptureError::Config("push needs --oap host:port (or K8S_ALOG_OAP)".into()).into(),
         );
     };
     let to = args.oap.oap.join(",");
-    let res = match &args.from {
-        Some(path) => replay(path, &mut sink),
-        None => {
+    let res = match (records, &args.from) {
+        (Some(records), Some(path)) => replay(path, records, &mut sink),
+        _ => {
             let opts = LiveOptions {
                 duration: args.duration,
                 stats_interval: 10.0,
@@ -48,11 +50,15 @@ pub fn run(args: &PushArgs) -> anyhow::Result<()> {
 
 /// Every record of a recording, as fast as the OAP takes them (the queue waits for the
 /// delivery thread instead of spilling into the spool). SIGINT/SIGTERM stop it.
-fn replay(path: &std::path::Path, sink: &mut OapSink) -> anyhow::Result<()> {
+fn replay(
+    path: &std::path::Path,
+    records: impl Iterator<Item = anyhow::Result<crate::model::Record>>,
+    sink: &mut OapSink,
+) -> anyhow::Result<()> {
     let stop = super::stop_flag()?;
     sink.set_backpressure(true);
     let mut n = 0u64;
-    for rec in read_records(path)? {
+    for rec in records {
         if stop.load(Ordering::Relaxed) {
             tracing::info!("stopped after {n} records of {}", path.display());
             break;
