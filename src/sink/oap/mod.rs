@@ -381,6 +381,9 @@ impl OapConfig {
             return Ok(None);
         }
         for addr in &addresses {
+            if addr.contains("://") {
+                anyhow::bail!("--oap {addr:?}: give host:port, without a scheme (TLS is --oap-ca)");
+            }
             match addr.rsplit_once(':') {
                 Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
                 _ => {
@@ -622,6 +625,15 @@ struct Delivery {
     outage_logged: bool,
 }
 
+/// Between half and all of `d`, so that many nodes do not reconnect in step after an
+/// OAP outage.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0)
+}
+
 fn add(a: &AtomicU64, n: u64) {
     a.fetch_add(n, Ordering::Relaxed);
 }
@@ -724,7 +736,7 @@ impl Delivery {
         }
         self.link = Link::Disconnected {
             backoff: (backoff * 2).min(self.cfg.backoff_max),
-            retry_at: tokio::time::Instant::now() + backoff,
+            retry_at: tokio::time::Instant::now() + jitter(backoff),
         };
     }
 
