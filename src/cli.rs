@@ -166,10 +166,6 @@ pub struct TopArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct PushArgs {
-    /// Where to send, and how (`--oap` is required here).
-    #[command(flatten)]
-    pub oap: OapArgs,
-
     /// Replay a recording to the OAP instead of capturing live.
     #[arg(long, env = "K8S_ALOG_FROM")]
     pub from: Option<PathBuf>,
@@ -183,6 +179,10 @@ pub struct PushArgs {
 
     #[command(flatten)]
     pub k8s: K8sArgs,
+
+    /// Where to send, and how (`--oap` is required here).
+    #[command(flatten)]
+    pub oap: OapArgs,
 }
 
 const PUSH_EXAMPLES: &str = "\
@@ -202,6 +202,7 @@ CAP_BPF and CAP_PERFMON); 4 kernel without BTF; 5 kernel refused a BPF program."
 
 /// Apache SkyWalking OAP delivery, for every subcommand that can forward records.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "SkyWalking OAP")]
 pub struct OapArgs {
     /// OAP gRPC address(es), host:port (repeatable or comma-separated; tried in turn).
     #[arg(long, env = "K8S_ALOG_OAP", value_delimiter = ',')]
