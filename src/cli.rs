@@ -25,6 +25,7 @@ pub enum Command {
     /// Live dashboard: service topology, request rates, latency, errors, access-log tail.
     Top(Box<TopArgs>),
     /// Stream access logs to Apache SkyWalking OAP (its eBPF access-log protocol).
+    #[command(after_help = PUSH_EXAMPLES)]
     Push(Box<PushArgs>),
     /// What this node can do and why: kernel, BTF, program types, runtime, kubelet, API.
     #[command(after_help = DOCTOR_EXAMPLES)]
@@ -183,6 +184,10 @@ pub struct RecordArgs {
 
     #[command(flatten)]
     pub k8s: K8sArgs,
+
+    /// Forward to the OAP while recording (with `--oap`).
+    #[command(flatten)]
+    pub oap: OapArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -200,19 +205,111 @@ pub struct TopArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct PushArgs {
-    /// OAP gRPC address(es), host:port (repeatable).
-    #[arg(long, env = "K8S_ALOG_OAP", value_delimiter = ',')]
-    pub oap: Vec<String>,
-
     /// Replay a recording to the OAP instead of capturing live.
     #[arg(long, env = "K8S_ALOG_FROM")]
     pub from: Option<PathBuf>,
+
+    /// Stop after this many seconds (default: until SIGINT or SIGTERM).
+    #[arg(long, env = "K8S_ALOG_DURATION")]
+    pub duration: Option<f64>,
 
     #[command(flatten)]
     pub capture: CaptureArgs,
 
     #[command(flatten)]
     pub k8s: K8sArgs,
+
+    /// Where to send, and how (`--oap` is required here).
+    #[command(flatten)]
+    pub oap: OapArgs,
+}
+
+const PUSH_EXAMPLES: &str = "\
+Examples:
+  sudo k8s-alog push --oap oap.skywalking:11800
+  sudo k8s-alog push --oap oap-0:11800,oap-1:11800 --oap-token s3cret \\
+       --oap-ca /etc/oap/ca.pem --oap-cluster prod --oap-exclude-namespace kube-system
+  k8s-alog push --oap oap.skywalking:11800 --from access.jsonl   # deliver a recording
+  sudo k8s-alog record --out access.jsonl --oap oap.skywalking:11800   # record and forward
+
+While the OAP is unreachable, batches wait in --oap-spool-dir (at most --oap-spool-max);
+beyond that they are dropped and counted. On SIGINT/SIGTERM, what is left is delivered
+within --oap-flush-timeout or stays spooled for the next run.
+
+Exit codes: 0 done; 1 error; 2 bad usage; 3 not permitted (run as root, or grant
+CAP_BPF and CAP_PERFMON); 4 kernel without BTF; 5 kernel refused a BPF program.";
+
+/// Apache SkyWalking OAP delivery, for every subcommand that can forward records.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "SkyWalking OAP")]
+pub struct OapArgs {
+    /// OAP gRPC address(es), host:port (repeatable or comma-separated; tried in turn).
+    #[arg(long, env = "K8S_ALOG_OAP", value_delimiter = ',')]
+    pub oap: Vec<String>,
+
+    /// CA certificate (PEM) to verify the OAP: turns TLS on (server name = the host in --oap).
+    #[arg(long, env = "K8S_ALOG_OAP_CA")]
+    pub oap_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM), for an OAP that asks for one (with --oap-key).
+    #[arg(long, env = "K8S_ALOG_OAP_CERT")]
+    pub oap_cert: Option<PathBuf>,
+
+    /// Client private key (PEM).
+    #[arg(long, env = "K8S_ALOG_OAP_KEY")]
+    pub oap_key: Option<PathBuf>,
+
+    /// Token sent as the `authentication` metadata (the OAP's `authentication` setting).
+    #[arg(long, env = "K8S_ALOG_OAP_TOKEN", hide_env_values = true)]
+    pub oap_token: Option<String>,
+
+    /// Records per batch (one gRPC stream each).
+    #[arg(long, env = "K8S_ALOG_OAP_BATCH_SIZE", default_value_t = 2000)]
+    pub oap_batch_size: usize,
+
+    /// Seconds between batches at most.
+    #[arg(long, env = "K8S_ALOG_OAP_BATCH_PERIOD", default_value_t = 1.0)]
+    pub oap_batch_period: f64,
+
+    /// Directory of the spool that keeps batches while the OAP is unreachable.
+    #[arg(
+        long,
+        env = "K8S_ALOG_OAP_SPOOL_DIR",
+        default_value = "/var/lib/k8s-alog/spool"
+    )]
+    pub oap_spool_dir: PathBuf,
+
+    /// Largest spool size (K, M, G suffixes); beyond it batches are dropped and counted.
+    #[arg(long, env = "K8S_ALOG_OAP_SPOOL_MAX", default_value = "256M")]
+    pub oap_spool_max: String,
+
+    /// Node name sent to the OAP (default: --node-name, else the host name).
+    #[arg(long, env = "K8S_ALOG_OAP_NODE_NAME")]
+    pub oap_node_name: Option<String>,
+
+    /// Cluster name sent to the OAP (default: --cluster).
+    #[arg(long, env = "K8S_ALOG_OAP_CLUSTER")]
+    pub oap_cluster: Option<String>,
+
+    /// Namespaces not reported (repeatable or comma-separated); also sent as the policy.
+    #[arg(
+        long = "oap-exclude-namespace",
+        env = "K8S_ALOG_OAP_EXCLUDE_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub oap_exclude_namespaces: Vec<String>,
+
+    /// Longest wait between reconnection attempts, seconds (the backoff doubles up to it).
+    #[arg(long, env = "K8S_ALOG_OAP_BACKOFF_MAX", default_value_t = 30.0)]
+    pub oap_backoff_max: f64,
+
+    /// Seconds allowed at exit to deliver what is left (the rest stays spooled).
+    #[arg(long, env = "K8S_ALOG_OAP_FLUSH_TIMEOUT", default_value_t = 10.0)]
+    pub oap_flush_timeout: f64,
+
+    /// Seconds between delivery progress lines on stderr (0: none).
+    #[arg(long, env = "K8S_ALOG_OAP_LOG_INTERVAL", default_value_t = 60.0)]
+    pub oap_log_interval: f64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,17 +1,59 @@
-//! `k8s-alog record`: capture and write JSON Lines.
+//! `k8s-alog record`: capture and write JSON Lines (and forward to the OAP with `--oap`).
 
 use super::live::{self, LiveOptions};
 use crate::cli::RecordArgs;
+use crate::model::Record;
 use crate::sink::jsonl::JsonlSink;
+use crate::sink::oap::OapSink;
+use crate::sink::Sink;
+
+/// The file and the OAP, each record to both.
+struct Tee<'a> {
+    jsonl: &'a mut JsonlSink,
+    oap: &'a mut OapSink,
+}
+
+impl Sink for Tee<'_> {
+    fn write(&mut self, rec: &Record) -> anyhow::Result<()> {
+        self.jsonl.write(rec)?;
+        self.oap.write(rec)
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.jsonl.flush()?;
+        self.oap.flush()
+    }
+}
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     let mut sink = JsonlSink::open(&args.out)?;
+    let mut oap = OapSink::from_args(&args.oap, &args.k8s)?;
+    let mut what = format!("writing {}", args.out.display());
+    if oap.is_some() {
+        what.push_str(&format!(" and pushing to {}", args.oap.oap.join(",")));
+    }
     let opts = LiveOptions {
         duration: args.duration,
         stats_interval: args.stats_interval,
-        what: format!("writing {}", args.out.display()),
+        what,
     };
-    let s = live::run(&args.capture, &args.k8s, &opts, &mut sink)?;
+    let res = match &mut oap {
+        Some(o) => live::run(
+            &args.capture,
+            &args.k8s,
+            &opts,
+            &mut Tee {
+                jsonl: &mut sink,
+                oap: o,
+            },
+        ),
+        None => live::run(&args.capture, &args.k8s, &opts, &mut sink),
+    };
+    if let Some(o) = &mut oap {
+        let st = o.finish();
+        eprintln!("k8s-alog: push to {}: {st}", args.oap.oap.join(","));
+        eprintln!("k8s-alog: push counters: {}", st.kv());
+    }
+    let s = res?;
     eprintln!(
         "k8s-alog: {} records ({} http, {} connections) in {:.1} s; kernel events {} data + {} connection; lost: {} data events, {} connection events, {} sequence gaps, {} undecodable, {} evicted",
         sink.records(),

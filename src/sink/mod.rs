@@ -1,6 +1,7 @@
 //! Where records go: a JSONL file, the dashboard, the OAP; all share the same records.
 
 pub mod jsonl;
+pub mod oap;
 
 use crate::model::Record;
 
