@@ -51,6 +51,21 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l kubeconfig 
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l api-server -d 'Kubernetes API server URL (overrides the kubeconfig\'s)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l cluster -d 'Cluster name: services are written `cluster::svc.ns`' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l node-name -d 'This node\'s name (default: the host name)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap -d 'OAP gRPC address(es), host:port (repeatable or comma-separated; tried in turn)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-ca -d 'CA certificate (PEM) to verify the OAP: turns TLS on (server name = the host in --oap)' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-cert -d 'Client certificate (PEM), for an OAP that asks for one (with --oap-key)' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-key -d 'Client private key (PEM)' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-token -d 'Token sent as the `authentication` metadata (the OAP\'s `authentication` setting)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-batch-size -d 'Records per batch (one gRPC stream each)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-batch-period -d 'Seconds between batches at most' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-spool-dir -d 'Directory of the spool that keeps batches while the OAP is unreachable' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-spool-max -d 'Largest spool size (K, M, G suffixes); beyond it batches are dropped and counted' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-node-name -d 'Node name sent to the OAP (default: --node-name, else the host name)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-cluster -d 'Cluster name sent to the OAP (default: --cluster)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-exclude-namespace -d 'Namespaces not reported (repeatable or comma-separated); also sent as the policy' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-backoff-max -d 'Longest wait between reconnection attempts, seconds (the backoff doubles up to it)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-flush-timeout -d 'Seconds allowed at exit to deliver what is left (the rest stays spooled)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-log-interval -d 'Seconds between delivery progress lines on stderr (0: none)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l log-level -d 'Log level for messages on stderr (error, warn, info, debug, trace)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l keep-query -d 'Keep query strings in paths (dropped by default: they often carry secrets)'
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l no-k8s -d 'No Kubernetes attribution: container ids only'
@@ -76,8 +91,8 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l keep-query -d 
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l no-k8s -d 'No Kubernetes attribution: container ids only'
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -s h -l help -d 'Print help'
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -s V -l version -d 'Print version'
-complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap -d 'OAP gRPC address(es), host:port (repeatable)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l from -d 'Replay a recording to the OAP instead of capturing live' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l duration -d 'Stop after this many seconds (default: until SIGINT or SIGTERM)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l capture-bytes -d 'Payload bytes copied per socket call for protocol parsing (max 8192)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l ring-mb -d 'Ring-buffer size in MiB (a power of two)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l pid -d 'Only these processes (repeatable)' -r
@@ -92,6 +107,21 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l kubeconfig -d
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l api-server -d 'Kubernetes API server URL (overrides the kubeconfig\'s)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l cluster -d 'Cluster name: services are written `cluster::svc.ns`' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l node-name -d 'This node\'s name (default: the host name)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap -d 'OAP gRPC address(es), host:port (repeatable or comma-separated; tried in turn)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-ca -d 'CA certificate (PEM) to verify the OAP: turns TLS on (server name = the host in --oap)' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-cert -d 'Client certificate (PEM), for an OAP that asks for one (with --oap-key)' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-key -d 'Client private key (PEM)' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-token -d 'Token sent as the `authentication` metadata (the OAP\'s `authentication` setting)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-batch-size -d 'Records per batch (one gRPC stream each)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-batch-period -d 'Seconds between batches at most' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-spool-dir -d 'Directory of the spool that keeps batches while the OAP is unreachable' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-spool-max -d 'Largest spool size (K, M, G suffixes); beyond it batches are dropped and counted' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-node-name -d 'Node name sent to the OAP (default: --node-name, else the host name)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-cluster -d 'Cluster name sent to the OAP (default: --cluster)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-exclude-namespace -d 'Namespaces not reported (repeatable or comma-separated); also sent as the policy' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-backoff-max -d 'Longest wait between reconnection attempts, seconds (the backoff doubles up to it)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-flush-timeout -d 'Seconds allowed at exit to deliver what is left (the rest stays spooled)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-log-interval -d 'Seconds between delivery progress lines on stderr (0: none)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l log-level -d 'Log level for messages on stderr (error, warn, info, debug, trace)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l keep-query -d 'Keep query strings in paths (dropped by default: they often carry secrets)'
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l no-k8s -d 'No Kubernetes attribution: container ids only'

@@ -19,7 +19,7 @@ pub mod pb {
     tonic::include_proto!("skywalking.v3");
 }
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,10 +38,10 @@ use crate::model::Record;
 
 type Batch = Vec<EbpfAccessLogMessage>;
 
-/// Resolve an OAP address (`host:port`, `[v6]:port`) to socket addresses. The one place
-/// host names are looked up.
-pub fn resolve(host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
-    Ok(host_port.to_socket_addrs()?.collect())
+/// Resolve an OAP address (`host:port`, `[v6]:port`) to socket addresses: /etc/hosts,
+/// then DNS, without the C library's resolver (the static binary has none that works).
+pub fn resolve(host_port: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    crate::netaddr::resolve(host_port)
 }
 
 /// The host part of `host:port` (the TLS server name).
