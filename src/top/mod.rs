@@ -146,6 +146,8 @@ fn drain(st: &mut State, inputs: &Inputs, perf: &mut Perf, done: &mut bool) {
             }
             Ok(Msg::Done(e)) => {
                 *done = true;
+                // Nothing more will come to settle what waits.
+                st.flush_pending();
                 if e.is_some() {
                     perf.source_error = e;
                 }

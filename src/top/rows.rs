@@ -264,6 +264,23 @@ fn proto_text(p: u8) -> &'static str {
     }
 }
 
+/// An endpoint as shown: gRPC calls (`POST:/pkg.Service/Method`) as `Service/Method`,
+/// which fits; the full name is in the detail pane.
+pub fn short_endpoint(ep: &str) -> String {
+    if let Some(rest) = ep
+        .strip_prefix("POST:/")
+        .or_else(|| ep.strip_prefix("POST /"))
+    {
+        if let Some((svc, method)) = rest.split_once('/') {
+            if svc.contains('.') && !method.contains('/') {
+                let short = svc.rsplit('.').next().unwrap_or(svc);
+                return format!("{short}/{method}");
+            }
+        }
+    }
+    ep.to_string()
+}
+
 /// Figures of one aggregate over the window.
 struct Fig {
     c: Counts,
@@ -426,18 +443,24 @@ pub fn rows(
                     continue;
                 }
                 let p = f.p.as_deref();
+                let mut detail = vec![("endpoint".to_string(), ep.clone())];
+                detail.extend(common_detail(&f, a, span));
                 out.push(Row {
                     id: format!("{svc} {ep}"),
                     cells: vec![
                         Cell::text(svc.clone()),
-                        Cell::text(ep.clone()),
+                        Cell::text(if a.attrs.protos & PROTO_GRPC != 0 {
+                            short_endpoint(ep)
+                        } else {
+                            ep.clone()
+                        }),
                         Cell::text(proto_text(a.attrs.protos)),
                         rate_cell(f.c.requests, span),
                         pct_cell(&f.c),
                         lat_cell(p.map(|p| p[0])),
                         lat_cell(p.map(|p| p[2])),
                     ],
-                    detail: common_detail(&f, a, span),
+                    detail,
                     edge: None,
                 });
             }
@@ -549,6 +572,11 @@ pub fn rows(
                 if !filter.matches(&t.attrs, t.status_mask, Some(&req)) {
                     continue;
                 }
+                let shown = if t.protocol == "gRPC" {
+                    short_endpoint(&req)
+                } else {
+                    req.clone()
+                };
                 let st_text = match (&t.grpc_status, t.status) {
                     (Some(g), _) if g != "OK" => g.chars().take(4).collect(),
                     (_, Some(s)) => s.to_string(),
@@ -562,7 +590,7 @@ pub fn rows(
                         Cell::num(clock, t.mono_ns as f64),
                         Cell::text(t.client.clone()),
                         Cell::text(format!("{}:{}", t.server, t.server_port)),
-                        Cell::text(req.clone()),
+                        Cell::text(shown),
                         Cell::num(st_text, f64::from(t.status.unwrap_or(0))).tone(tone),
                         Cell::num(fmt_dur_ns(t.duration_ns), t.duration_ns as f64),
                     ],
@@ -620,6 +648,14 @@ mod tests {
         assert_eq!(fmt_dur_ns(1_500_000), "1.50ms");
         assert_eq!(fmt_dur_ns(250_000_000), "250ms");
         assert_eq!(fmt_bytes(2048.0), "2.0K");
+    }
+
+    #[test]
+    fn grpc_endpoints_shortened() {
+        assert_eq!(short_endpoint("POST:/alogtest.v1.Echo/Unary"), "Echo/Unary");
+        assert_eq!(short_endpoint("POST /alogtest.v1.Echo/Unary"), "Echo/Unary");
+        assert_eq!(short_endpoint("POST:/upload"), "POST:/upload");
+        assert_eq!(short_endpoint("GET:/a.b/c"), "GET:/a.b/c");
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! Service IP, the client's socket and the server's socket each write a record. Inbound
 //! figures (services, pods, endpoints, edges) count the server's view and skip a client's
 //! view whose server is a pod seen on this node; outbound figures do the converse. What is
-//! skipped is counted.
+//! skipped is counted. A client's view of a pod not (yet) seen on this node waits a
+//! short grace before it is counted, so that the server's view, written at about the
+//! same time, can tell that the pod is local.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -30,7 +32,12 @@ pub struct Limits {
     pub flows: usize,
     pub tail: usize,
     pub local_pods: usize,
+    /// Client views waiting for their grace.
+    pub pending: usize,
 }
+
+/// How long a client's view of a pod waits for the server's view (ns).
+pub const PENDING_GRACE_NS: u64 = 2_000_000_000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -42,6 +49,7 @@ impl Default for Limits {
             flows: 1024,
             tail: 1000,
             local_pods: 4096,
+            pending: 65_536,
         }
     }
 }
@@ -230,6 +238,8 @@ pub struct StateCounters {
     pub dup_outbound_skipped: u64,
     /// Records in no relation: inside one pod, one service, or with no service at all.
     pub no_relation: u64,
+    /// Client views counted without their grace (too many waiting).
+    pub pending_overflow: u64,
 }
 
 /// The whole dashboard state.
@@ -253,8 +263,10 @@ pub struct State {
     /// The stats record before `stats`, for rates.
     pub prev_stats: Option<StatsRecord>,
     pub counters: StateCounters,
-    /// Records per second of record time, last completed second.
+    /// Every HTTP exchange counted (inbound), for the header's rate.
     pub totals: Windowed,
+    /// Client views waiting for the grace, oldest first.
+    pending: VecDeque<Record>,
 }
 
 fn status_counts(c: &mut Counts, status: Option<u16>) {
@@ -339,7 +351,54 @@ impl State {
             prev_stats: None,
             counters: StateCounters::default(),
             totals: Windowed::new(),
+            pending: VecDeque::new(),
         }
+    }
+
+    /// A client's view of a pod that is not known as local yet: wait for the grace.
+    fn should_wait(&self, by: ObservedBy, server: &Endpoint) -> bool {
+        by == ObservedBy::Client
+            && server.pid.is_none()
+            && server.pod.is_some()
+            && !self.is_local_pod(server)
+    }
+
+    fn settle_pending(&mut self, all: bool) {
+        while let Some(r) = self.pending.front() {
+            if !all && r.mono_ns().saturating_add(PENDING_GRACE_NS) > self.now_ns {
+                break;
+            }
+            let r = self.pending.pop_front().expect("front exists");
+            match &r {
+                Record::Http(h) => self.apply_http_now(h),
+                Record::Connection(c) => self.apply_conn_now(c),
+                Record::Stats(_) => {}
+            }
+        }
+    }
+
+    /// Count every waiting client view now (at the end of a replay).
+    pub fn flush_pending(&mut self) {
+        self.settle_pending(true);
+    }
+
+    fn wait_or_apply(&mut self, rec: &Record) -> bool {
+        let (by, server) = match rec {
+            Record::Http(h) => (h.observed_by, &h.server),
+            Record::Connection(c) if c.close_reason != "connect_failed" => {
+                (c.observed_by, &c.server)
+            }
+            _ => return false,
+        };
+        if !self.should_wait(by, server) {
+            return false;
+        }
+        if self.pending.len() >= self.limits.pending {
+            self.counters.pending_overflow += 1;
+            return false;
+        }
+        self.pending.push_back(rec.clone());
+        true
     }
 
     /// Entries evicted from every map, in total.
@@ -355,6 +414,7 @@ impl State {
     pub fn tick(&mut self, now_ns: u64) {
         self.now_ns = self.now_ns.max(now_ns);
         let now = self.now_ns;
+        self.settle_pending(false);
         self.services.expire(now);
         self.pods.expire(now);
         self.endpoints.expire(now);
@@ -392,8 +452,30 @@ impl State {
     /// Fold one record in.
     pub fn apply(&mut self, rec: &Record) {
         match rec {
-            Record::Http(h) => self.apply_http(h),
-            Record::Connection(c) => self.apply_conn(c),
+            Record::Http(h) => {
+                self.counters.http += 1;
+                self.begin(if h.end_mono_ns == 0 {
+                    h.start_mono_ns
+                } else {
+                    h.end_mono_ns
+                });
+                self.note_local(&h.client);
+                self.note_local(&h.server);
+                if !self.wait_or_apply(rec) {
+                    self.apply_http_now(h);
+                }
+                self.settle_pending(false);
+            }
+            Record::Connection(c) => {
+                self.counters.connections += 1;
+                self.begin(c.mono_ns);
+                self.note_local(&c.client);
+                self.note_local(&c.server);
+                if !self.wait_or_apply(rec) {
+                    self.apply_conn_now(c);
+                }
+                self.settle_pending(false);
+            }
             Record::Stats(s) => {
                 self.counters.stats += 1;
                 self.now_ns = self.now_ns.max(s.mono_ns);
@@ -410,17 +492,13 @@ impl State {
         self.now_ns = self.now_ns.max(t);
     }
 
-    fn apply_http(&mut self, h: &HttpRecord) {
-        self.counters.http += 1;
+    fn apply_http_now(&mut self, h: &HttpRecord) {
         let t = if h.end_mono_ns == 0 {
             h.start_mono_ns
         } else {
             h.end_mono_ns
         };
-        self.begin(t);
         let now = self.now_ns;
-        self.note_local(&h.client);
-        self.note_local(&h.server);
         let bytes = h.request.header_bytes
             + h.request.body_bytes
             + h.response.header_bytes
@@ -550,14 +628,11 @@ impl State {
         }
     }
 
-    fn apply_conn(&mut self, c: &ConnectionRecord) {
-        self.counters.connections += 1;
+    fn apply_conn_now(&mut self, c: &ConnectionRecord) {
         let t = c.mono_ns;
-        self.begin(t);
         let now = self.now_ns;
-        self.note_local(&c.client);
-        self.note_local(&c.server);
-        if !self.counts_inbound(c.observed_by, &c.server) {
+        // A refused connect has no server view: the client's is the only one.
+        if c.close_reason != "connect_failed" && !self.counts_inbound(c.observed_by, &c.server) {
             self.counters.dup_inbound_skipped += 1;
             return;
         }
@@ -570,7 +645,10 @@ impl State {
             rtt_samples: u64::from(rtt > 0),
             rtt_max_us: u64::from(rtt),
             retransmits: u64::from(c.tcp.retransmits),
-            resets: u64::from(c.reset_sent || c.reset_received),
+            // A refused connect is counted as that, not also as a reset.
+            resets: u64::from(
+                (c.reset_sent || c.reset_received) && c.close_reason != "connect_failed",
+            ),
             connect_failed: u64::from(c.close_reason == "connect_failed"),
             ..Counts::default()
         };
@@ -787,8 +865,8 @@ mod tests {
         client_by_ip.as_object_mut().unwrap().remove("pid");
         st.apply(&http(web(), server_by_ct.clone(), "client", 200, t, 5));
         st.apply(&http(client_by_ip, cart(), "server", 200, t + 1, 4));
-        // The server view came second: the client view was counted before cart-0 was
-        // known as local. From now on every pair counts once.
+        // The server view came second: the client view waited its grace, and by then
+        // cart-0 was known as local. Every pair counts once.
         for i in 0..10 {
             let mut c2 = web();
             c2.as_object_mut().unwrap().remove("pid");
@@ -802,14 +880,14 @@ mod tests {
             ));
             st.apply(&http(c2, cart(), "server", 200, t + 11 + i, 4));
         }
+        assert_eq!(st.pending.len(), 1, "the first client view waits");
+        st.tick(t + 3 * S);
+        assert!(st.pending.is_empty());
         let c = st.services.map["cart.shop"]
             .w
             .counts(Window::S10, st.now_ns);
-        assert_eq!(
-            c.requests, 12,
-            "11 server views + 1 before cart-0 was known"
-        );
-        assert_eq!(st.counters.dup_inbound_skipped, 10);
+        assert_eq!(c.requests, 11, "the 11 server views");
+        assert_eq!(st.counters.dup_inbound_skipped, 11);
         let o = st.services.map["web.shop"].w.counts(Window::S10, st.now_ns);
         assert_eq!(o.out_requests, 11, "client views; server views skipped");
         assert_eq!(st.counters.dup_outbound_skipped, 11);
@@ -839,6 +917,7 @@ mod tests {
         assert_eq!((c.conn_bytes_c2s, c.conn_bytes_s2c), (300, 3000));
         assert_eq!((c.rtt_sum_us, c.rtt_samples, c.rtt_max_us), (400, 2, 300));
         assert_eq!((c.retransmits, c.resets, c.connect_failed), (6, 1, 1));
+        // (the refused one had a reset too, counted only as refused)
         assert_eq!(f.last_error.as_deref(), Some("connect failed"));
     }
 
