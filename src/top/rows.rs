@@ -105,6 +105,18 @@ impl ViewKind {
     }
 }
 
+impl ViewKind {
+    /// Share of the free width a flexible column takes (the name that matters most
+    /// gets more).
+    pub fn fill_weight(self, col: usize) -> u16 {
+        match (self, col) {
+            (Self::Pods, 0) | (Self::Endpoints, 1) | (Self::Tail, 2) | (Self::Tail, 3) => 3,
+            (Self::Pods, _) | (Self::Endpoints, _) | (Self::Tail, _) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// How a cell sorts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SortKey {

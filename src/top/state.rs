@@ -543,10 +543,16 @@ impl State {
             self.counters.dup_outbound_skipped += 1;
         }
         let port = h.server.port;
-        let fill = |a: &mut Agg| {
-            a.attrs.end(&h.client);
-            a.attrs.end(&h.server);
-            push_small(&mut a.attrs.ports, port);
+        // What a row can be filtered on: its own end (the server for inbound figures,
+        // the client for outbound ones), both for an edge.
+        let fill = |a: &mut Agg, client: bool, server: bool| {
+            if client {
+                a.attrs.end(&h.client);
+            }
+            if server {
+                a.attrs.end(&h.server);
+                push_small(&mut a.attrs.ports, port);
+            }
             a.attrs.protos |= protos;
             if err_note.is_some() {
                 a.last_error = err_note.clone();
@@ -556,12 +562,12 @@ impl State {
             if let Some(svc) = &h.server.service {
                 let a = self.services.entry(svc);
                 a.add(t, now, &inbound, lat);
-                fill(a);
+                fill(a, false, true);
             }
             if let Some(k) = pod_key(&h.server) {
                 let a = self.pods.entry(&k);
                 a.add(t, now, &inbound, lat);
-                fill(a);
+                fill(a, false, true);
             }
             if let (Some(m), Some(p)) = (&h.method, &h.path) {
                 let svc = h
@@ -571,7 +577,7 @@ impl State {
                     .unwrap_or_else(|| end_name(&h.server));
                 let a = self.endpoints.entry(&(svc, format!("{m}:{p}")));
                 a.add(t, now, &inbound, lat);
-                fill(a);
+                fill(a, false, true);
             }
             if same_pod(&h.client, &h.server)
                 || (h.client.service.is_none() && h.server.service.is_none())
@@ -581,19 +587,19 @@ impl State {
             } else {
                 let a = self.edges.entry(&(party(&h.client), party(&h.server)));
                 a.add(t, now, &inbound, lat);
-                fill(a);
+                fill(a, true, true);
             }
         }
         if outbound_ok {
             if let Some(svc) = &h.client.service {
                 let a = self.services.entry(svc);
                 a.add(t, now, &outbound, None);
-                fill(a);
+                fill(a, true, false);
             }
             if let Some(k) = pod_key(&h.client) {
                 let a = self.pods.entry(&k);
                 a.add(t, now, &outbound, None);
-                fill(a);
+                fill(a, true, false);
             }
         }
         if inbound_ok {
@@ -661,8 +667,10 @@ impl State {
         if c.tls {
             protos |= PROTO_TLS;
         }
-        let fill = |a: &mut Agg| {
-            a.attrs.end(&c.client);
+        let fill = |a: &mut Agg, client: bool| {
+            if client {
+                a.attrs.end(&c.client);
+            }
             a.attrs.end(&c.server);
             push_small(&mut a.attrs.ports, c.server.port);
             a.attrs.protos |= protos;
@@ -676,7 +684,7 @@ impl State {
             .flows
             .entry(&(party(&c.client), party(&c.server), c.server.port));
         a.add(t, now, &counts, None);
-        fill(a);
+        fill(a, true);
         // Connection figures also go to the edge and the services' rows.
         let conn_only = Counts {
             conns: 1,
@@ -690,12 +698,12 @@ impl State {
         {
             let a = self.edges.entry(&(party(&c.client), party(&c.server)));
             a.add(t, now, &conn_only, None);
-            fill(a);
+            fill(a, true);
         }
         if let Some(svc) = &c.server.service {
             let a = self.services.entry(svc);
             a.add(t, now, &conn_only, None);
-            fill(a);
+            fill(a, false);
         }
     }
 

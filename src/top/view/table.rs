@@ -37,9 +37,10 @@ pub fn draw_rows(f: &mut Frame, area: Rect, app: &App, view: ViewKind) {
     .style(theme::column_header());
     let widths: Vec<Constraint> = cols
         .iter()
-        .map(|(_, w)| {
+        .enumerate()
+        .map(|(i, (_, w))| {
             if *w == 0 {
-                Constraint::Fill(1)
+                Constraint::Fill(view.fill_weight(i))
             } else {
                 Constraint::Length(*w)
             }
