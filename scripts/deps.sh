@@ -10,6 +10,8 @@ pkgs=(
     curl nginx wrk python3 python3-pip nghttp2-client nghttp2-server openssl golang-go gcc libssl-dev
     # the simulated node and the real containerd of the Kubernetes tests
     iproute2 nftables containerd runc containernetworking-plugins busybox-static
+    # `top` end to end: the dashboard in a real terminal
+    tmux
 )
 missing=()
 for p in "${pkgs[@]}"; do

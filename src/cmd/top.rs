@@ -8,6 +8,8 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::io::Write;
+
 use anyhow::Context;
 
 use super::live::{self, LiveOptions};
@@ -18,7 +20,7 @@ use crate::top::app::Outside;
 use crate::top::cost::{BpfStatsGuard, CostProbe};
 use crate::top::state::Limits;
 use crate::top::window::Window;
-use crate::top::{self, Inputs, LoopOptions, Msg, TerminalGuard};
+use crate::top::{self, Inputs, LoopOptions, Msg, StderrGuard, TerminalGuard};
 
 /// Hands records to the dashboard without ever blocking the capture: when the queue is
 /// full the record is dropped and counted (shown in the header).
@@ -119,6 +121,9 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
         anyhow::bail!("--queue must be at least 1");
     }
     let stop = super::stop_flag()?;
+    // From here on nothing writes on the terminal but the dashboard: stderr goes to the
+    // log file (or nowhere) until this returns.
+    let stderr_guard = StderrGuard::redirect(args.log_file.as_deref())?;
     let (tx, rx) = sync_channel::<Msg>(args.queue);
     let dropped = Arc::new(AtomicU64::new(0));
     let started = Arc::new(AtomicBool::new(false));
@@ -176,7 +181,9 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     if live_mode {
         // The screen changes only once the capture runs (its first record), so that
         // an error such as "not permitted" is a plain message with its exit code.
-        eprintln!("k8s-alog: starting the capture...");
+        if let Some(mut e) = top::original_stderr() {
+            let _ = writeln!(e, "k8s-alog: starting the capture...");
+        }
         let t0 = Instant::now();
         while !started.load(Ordering::Relaxed) {
             if feeder.is_finished() {
@@ -248,7 +255,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
         exit_on_done: live_mode,
     };
     let res = {
-        let guard = TerminalGuard::enter(args.log_file.as_deref())?;
+        let guard = TerminalGuard::enter()?;
         let backend = ratatui::backend::CrosstermBackend::new(std::io::stdout());
         let res = ratatui::Terminal::new(backend)
             .map_err(anyhow::Error::from)
@@ -260,6 +267,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     drop(inputs);
     let feeder_err = feeder.join().ok().flatten();
     drop(bpf_stats);
+    drop(stderr_guard);
     let (perf, _, st) = res?;
     if args.perf {
         eprintln!("{}", perf.summary());

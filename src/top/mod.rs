@@ -238,8 +238,8 @@ pub fn run_loop<B: Backend>(
 static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
 static TERMINAL_ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// Leave raw mode and the alternate screen, and give stderr back. Idempotent; called
-/// by the guard's `Drop` and by the panic hook.
+/// Leave raw mode and the alternate screen. Idempotent; called by the guard's `Drop`
+/// and by the panic hook.
 fn restore_terminal() {
     if TERMINAL_ACTIVE.swap(false, Ordering::SeqCst) {
         let _ = crossterm::terminal::disable_raw_mode();
@@ -251,9 +251,13 @@ fn restore_terminal() {
         );
         let _ = so.flush();
     }
+}
+
+/// Give stderr back. Idempotent.
+fn restore_stderr() {
     let fd = SAVED_STDERR.swap(-1, Ordering::SeqCst);
     if fd >= 0 {
-        // SAFETY: `fd` is the duplicate of stderr made in `TerminalGuard::enter`, owned here.
+        // SAFETY: `fd` is the duplicate of stderr made in `StderrGuard::redirect`, owned here.
         unsafe {
             libc::dup2(fd, 2);
             libc::close(fd);
@@ -261,15 +265,15 @@ fn restore_terminal() {
     }
 }
 
-/// The terminal in dashboard mode while it lives; dropping it (also when unwinding)
-/// restores everything.
-pub struct TerminalGuard {
+/// stderr (logs, and whatever libraries print) goes to a file or nowhere while it
+/// lives, so that nothing lands on the dashboard; dropping it gives stderr back.
+pub struct StderrGuard {
     _private: (),
 }
 
-impl TerminalGuard {
-    /// Send stderr to `log_file` (or /dev/null), then raw mode and the alternate screen.
-    pub fn enter(log_file: Option<&Path>) -> anyhow::Result<Self> {
+impl StderrGuard {
+    /// Send stderr to `log_file` (appended), or to /dev/null.
+    pub fn redirect(log_file: Option<&Path>) -> anyhow::Result<Self> {
         let target = match log_file {
             Some(p) => std::fs::OpenOptions::new()
                 .create(true)
@@ -287,10 +291,34 @@ impl TerminalGuard {
         unsafe {
             libc::dup2(target.as_raw_fd(), 2);
         }
-        SAVED_STDERR.store(saved, Ordering::SeqCst);
+        let old = SAVED_STDERR.swap(saved, Ordering::SeqCst);
+        if old >= 0 {
+            // SAFETY: a previous redirection's saved descriptor, no longer referenced.
+            unsafe { libc::close(old) };
+        }
+        Ok(Self { _private: () })
+    }
+}
+
+impl Drop for StderrGuard {
+    fn drop(&mut self) {
+        restore_stderr();
+    }
+}
+
+/// The terminal in dashboard mode while it lives; dropping it (also when unwinding)
+/// restores it. A panic restores the terminal and stderr before its message prints.
+pub struct TerminalGuard {
+    _private: (),
+}
+
+impl TerminalGuard {
+    /// Raw mode and the alternate screen.
+    pub fn enter() -> anyhow::Result<Self> {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             restore_terminal();
+            restore_stderr();
             prev(info);
         }));
         let g = Self { _private: () };

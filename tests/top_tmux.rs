@@ -1,0 +1,477 @@
+//! `k8s-alog top` end to end: the real binary in a real terminal (tmux) capturing live
+//! traffic on the simulated node (tests/sim, scripts/simnode.sh). The test makes known
+//! traffic, types keys (views, sort, filter, detail, quit) and reads the screen with
+//! `tmux capture-pane`: the services, their request counts, error counts and rates must
+//! be the traffic it made.
+//!
+//! Also, ignored by default: a load run (5,000 open connections, ~20,000 requests/s on
+//! loopback) that prints how responsive the dashboard stayed (`--perf` figures and
+//! key-to-screen times seen through tmux). Figures are printed, not asserted.
+//!
+//! Root only. Run: `cargo test --release --test top_tmux -- --test-threads=1`
+//! (and `-- --ignored top_under_load --nocapture` for the load run).
+
+mod common;
+mod sim;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sim::SimNode;
+
+/// A tmux server of its own (own socket), killed on drop.
+struct Tmux {
+    socket: String,
+    session: String,
+}
+
+impl Tmux {
+    fn start(cmd: &[String], w: u16, h: u16) -> Self {
+        let t = Self {
+            socket: format!("alogtop-{}", std::process::id()),
+            session: "top".into(),
+        };
+        let out = Command::new("tmux")
+            .args(["-L", &t.socket, "-f", "/dev/null", "new-session", "-d"])
+            .args(["-s", &t.session, "-x", &w.to_string(), "-y", &h.to_string()])
+            .args(cmd)
+            .env("TERM", "xterm-256color")
+            .output()
+            .expect("running tmux (scripts/deps.sh installs it)");
+        assert!(
+            out.status.success(),
+            "tmux new-session: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Keep the pane after the program exits, to read its exit status.
+        t.tmux(&["set-option", "-t", "top", "remain-on-exit", "on"]);
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "top"])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.tmux(&["send-keys", "-t", "top", k]);
+        }
+    }
+
+    /// Type text literally.
+    fn type_text(&self, s: &str) {
+        self.tmux(&["send-keys", "-t", "top", "-l", s]);
+    }
+
+    /// Wait until the screen satisfies `pred` (or fail with the screen).
+    fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            if t0.elapsed() > timeout {
+                panic!("timed out waiting for {what}; screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn pane_dead(&self) -> Option<i32> {
+        let s = self.tmux(&[
+            "display-message",
+            "-p",
+            "-t",
+            "top",
+            "#{pane_dead} #{pane_dead_status}",
+        ]);
+        let mut it = s.split_whitespace();
+        match (it.next(), it.next()) {
+            (Some("1"), Some(code)) => code.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+fn have_tmux() -> bool {
+    Command::new("tmux").arg("-V").output().is_ok()
+}
+
+/// `k8s-alog top` with the simulated node's sources.
+fn top_cmd(node: &SimNode, log: &Path, extra: &[&str]) -> Vec<String> {
+    let absent = node.desc.root.join("absent");
+    let mut v: Vec<String> = vec![
+        alog_bin().to_string_lossy().into_owned(),
+        "top".into(),
+        "--kubelet-pods-dir".into(),
+        node.desc.kubelet_pods_dir.to_string_lossy().into_owned(),
+        "--containerd-state".into(),
+        absent.to_string_lossy().into_owned(),
+        "--cri-socket".into(),
+        absent.join("cri.sock").to_string_lossy().into_owned(),
+        "--node-name".into(),
+        "sim-node".into(),
+        "--log-file".into(),
+        log.to_string_lossy().into_owned(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// The row of `name` in a table on the screen, split in cells.
+fn row<'a>(screen: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    screen
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .map(|l| l.split_whitespace().collect())
+}
+
+fn bpf_stats_sysctl() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default()
+}
+
+/// One curl run making several requests on one keep-alive connection.
+fn curl_many(node: &SimNode, pod: &str, ctr: &str, urls: &[String]) {
+    let mut cmd = node.command(pod, ctr, "/usr/bin/curl");
+    cmd.args(["-q", "-s", "-S", "--noproxy", "*", "--max-time", "30"]);
+    for u in urls {
+        cmd.args(["-o", "/dev/null", u]);
+    }
+    Running::spawn(cmd, &format!("curl x{} in {pod}/{ctr}", urls.len())).wait_ok(CLIENT_TIMEOUT);
+}
+
+#[test]
+fn top_shows_the_live_traffic_of_the_sim_node() {
+    if !require_root() {
+        return;
+    }
+    assert!(have_tmux(), "tmux is needed (scripts/deps.sh installs it)");
+    let node = SimNode::up();
+    let _cart = node.start_server("cart", "cart", 8080);
+    let _pay = node.start_server("pay", "payment", 8080);
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("top.log");
+    let sysctl_before = bpf_stats_sysctl();
+    // The 1-minute window holds everything this test makes.
+    let cmd = top_cmd(&node, &log, &["--window", "1m", "--tick", "0.5"]);
+    let t_start = Instant::now();
+    let tm = Tmux::start(&cmd, 100, 32);
+    tm.wait_for("the dashboard", Duration::from_secs(60), |s| {
+        s.contains("k8s-alog top") && s.contains("live")
+    });
+    assert_eq!(
+        bpf_stats_sysctl().trim(),
+        "1",
+        "BPF run-time statistics on while top runs"
+    );
+
+    // web -> cart by pod IP: 40 requests, 4 of them 500s.
+    let cart_ip = node.pod("cart").ip.clone();
+    let mut urls: Vec<String> = (0..36)
+        .map(|i| format!("http://{cart_ip}:8080/bytes/{}", 100 + i))
+        .collect();
+    urls.extend((0..4).map(|_| format!("http://{cart_ip}:8080/status/500")));
+    curl_many(&node, "web", "web", &urls);
+    // cart -> payment through its Service IP: 10 requests, 3 of them 503s.
+    let pay = node.service("payment").clone();
+    let mut urls: Vec<String> = (0..7)
+        .map(|_| format!("http://{}:{}/bytes/10", pay.ip, pay.port))
+        .collect();
+    urls.extend((0..3).map(|_| format!("http://{}:{}/status/503", pay.ip, pay.port)));
+    curl_many(&node, "cart", "cart", &urls);
+
+    // Services view: both servers with their error %.
+    let s = tm.wait_for("cart.shop and payment.pay", Duration::from_secs(30), |s| {
+        row(s, "cart.shop").is_some_and(|r| r.get(2) == Some(&"10.0"))
+            && row(s, "payment.pay").is_some_and(|r| r.get(2) == Some(&"30.0"))
+    });
+    let elapsed = t_start.elapsed().as_secs_f64();
+    eprintln!("{s}");
+    // Rates: 40 (10) requests over the time covered, which is at least 1 s and at most
+    // the time top has run.
+    let rate = |name: &str| -> f64 {
+        row(&s, name).unwrap()[1]
+            .parse()
+            .unwrap_or_else(|_| panic!("REQ/S of {name} in:\n{s}"))
+    };
+    let (rc, rp) = (rate("cart.shop"), rate("payment.pay"));
+    assert!(
+        rc <= 40.0 + 0.05 && rc >= 40.0 / (elapsed + 1.0) - 0.05,
+        "cart.shop rate {rc} after {elapsed:.1} s"
+    );
+    assert!(
+        rp <= 10.0 + 0.05 && rp >= 10.0 / (elapsed + 1.0) - 0.05,
+        "payment.pay rate {rp}"
+    );
+    assert!(
+        (rc / rp - 4.0).abs() < 0.1,
+        "same time base: 40 vs 10 requests ({rc} vs {rp})"
+    );
+    // web.shop only calls: outbound 40 requests.
+    assert!(row(&s, "web.shop").is_some(), "{s}");
+
+    // Sort on the service name (S from REQ/S), first row, detail: the counts.
+    tm.keys(&["S", "g", "Enter"]);
+    let s = tm.wait_for("the detail of cart.shop", Duration::from_secs(10), |s| {
+        s.contains("SERVICE▲") && s.contains("requests 40 in window")
+    });
+    assert!(s.contains("4 errors"), "{s}");
+    assert!(s.contains("2xx 36"), "{s}");
+    assert!(s.contains("5xx 4"), "{s}");
+    tm.keys(&["Down", "Enter"]);
+    let _ = tm.wait_for("detail closed", Duration::from_secs(10), |s| {
+        !s.contains("in window (")
+    });
+
+    // Filter: only the pay namespace.
+    tm.keys(&["/"]);
+    tm.type_text("ns=pay");
+    tm.keys(&["Enter"]);
+    let s = tm.wait_for("the filtered table", Duration::from_secs(10), |s| {
+        s.contains("filter:ns=pay") && row(s, "payment.pay").is_some()
+    });
+    assert!(
+        row(&s, "cart.shop").is_none() && row(&s, "web.shop").is_none(),
+        "{s}"
+    );
+    tm.keys(&["c"]);
+
+    // Endpoints: the paths, the 500s at 100 %.
+    tm.keys(&["3"]);
+    let s = tm.wait_for("endpoints", Duration::from_secs(10), |s| {
+        s.contains("GET:/status/500") && s.contains("GET:/status/503")
+    });
+    let r = s
+        .lines()
+        .find(|l| l.contains("GET:/status/500"))
+        .unwrap()
+        .to_string();
+    assert!(r.contains("100.0"), "{r}");
+    // Topology: both edges.
+    tm.keys(&["4"]);
+    let s = tm.wait_for("topology", Duration::from_secs(10), |s| {
+        s.contains("CLIENT") && s.contains("SERVER")
+    });
+    let edge = |c: &str, srv: &str| {
+        s.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[0] == c && f[1] == srv
+        })
+    };
+    assert!(
+        edge("web.shop", "cart.shop") && edge("cart.shop", "payment.pay"),
+        "{s}"
+    );
+    // Connections and the tail.
+    tm.keys(&["5"]);
+    tm.wait_for("connections", Duration::from_secs(10), |s| {
+        s.contains("SERVER:PORT") && s.contains("cart.shop:8080")
+    });
+    tm.keys(&["6"]);
+    let s = tm.wait_for("the tail", Duration::from_secs(10), |s| {
+        s.contains("/status/503")
+    });
+    assert!(s.contains("503") && s.contains("/status/500"), "{s}");
+    // No log line ever on the screen; they went to the file.
+    assert!(!s.contains(" INFO ") && !s.contains(" WARN "), "{s}");
+
+    // Quit: the program ends with 0, the terminal is back, the sysctl restored.
+    tm.keys(&["q"]);
+    let t0 = Instant::now();
+    let code = loop {
+        if let Some(c) = tm.pane_dead() {
+            break c;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "top did not exit:\n{}",
+            tm.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, 0, "exit status; screen:\n{}", tm.screen());
+    assert!(
+        !tm.screen().contains("k8s-alog top"),
+        "alternate screen left"
+    );
+    assert_eq!(
+        bpf_stats_sysctl(),
+        sysctl_before,
+        "kernel.bpf_stats_enabled restored"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("capturing: attached"), "log file: {logged}");
+}
+
+/// A python load generator in the web pod: `conns` keep-alive connections held open,
+/// requests sent on them as fast as the server answers.
+fn load_script(dir: &Path) -> PathBuf {
+    let p = dir.join("load.py");
+    std::fs::write(
+        &p,
+        r#"
+import socket, sys, time, selectors
+host, port, conns, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+sel = selectors.DefaultSelector()
+req = b"GET /bytes/16 HTTP/1.1\r\nHost: x\r\n\r\n"
+socks = []
+for i in range(conns):
+    s = socket.create_connection((host, port))
+    s.setblocking(False)
+    socks.append(s)
+    sel.register(s, selectors.EVENT_READ)
+print("OPEN", len(socks), flush=True)
+end = time.time() + secs
+busy = socks[:200]
+for s in busy:
+    s.send(req)
+n = 0
+while time.time() < end:
+    for key, _ in sel.select(timeout=0.5):
+        s = key.fileobj
+        data = s.recv(65536)
+        if not data:
+            continue
+        n += data.count(b"HTTP/1.1 ")
+        if s in busy:
+            s.send(req)
+print("DONE", n, flush=True)
+"#,
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+#[ignore = "load run: prints responsiveness figures (cargo test --release --test top_tmux -- --ignored --nocapture)"]
+fn top_under_load() {
+    if !require_root() {
+        return;
+    }
+    let node = SimNode::up();
+    let tmp = tempfile::tempdir().unwrap();
+    // A server that keeps thousands of connections: nginx would do; the test server is
+    // threaded, so it holds one thread per connection. Use a small asyncio server.
+    let srv = tmp.path().join("srv.py");
+    std::fs::write(
+        &srv,
+        r#"
+import asyncio, sys
+BODY = b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n" + b"x" * 16
+async def handle(r, w):
+    buf = b""
+    while True:
+        d = await r.read(65536)
+        if not d:
+            break
+        buf += d
+        while b"\r\n\r\n" in buf:
+            _, buf = buf.split(b"\r\n\r\n", 1)
+            w.write(BODY)
+        await w.drain()
+    w.close()
+async def main():
+    s = await asyncio.start_server(handle, "0.0.0.0", int(sys.argv[1]), backlog=8192)
+    print("READY", flush=True)
+    async with s:
+        await s.serve_forever()
+asyncio.run(main())
+"#,
+    )
+    .unwrap();
+    let mut cmd = node.command("cart", "cart", python3());
+    cmd.arg(&srv).arg("8080");
+    let mut server = ServerGuard::spawn(cmd, "asyncio server");
+    server.wait_stdout_line("READY", Duration::from_secs(20));
+    let log = tmp.path().join("top.log");
+    let perf = tmp.path().join("perf.txt");
+    let mut cmd = top_cmd(&node, &log, &["--perf", "--tick", "1"]);
+    // --perf prints on stderr after the screen is restored: keep it.
+    let line = format!(
+        "ulimit -n 65536; {} 2>{}",
+        cmd.iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        perf.display()
+    );
+    cmd = vec!["bash".into(), "-c".into(), line];
+    let tm = Tmux::start(&cmd, 100, 30);
+    tm.wait_for("the dashboard", Duration::from_secs(60), |s| {
+        s.contains("k8s-alog top")
+    });
+    let script = load_script(tmp.path());
+    let secs = 40.0;
+    let mut gen = node.command("web", "web", "bash");
+    gen.arg("-c").arg(format!(
+        "ulimit -n 65536; exec {} {} {} 8080 5000 {secs}",
+        python3().display(),
+        script.display(),
+        node.pod("cart").ip
+    ));
+    let mut gen = ServerGuard::spawn(gen, "load generator");
+    gen.wait_stdout_line("OPEN", Duration::from_secs(120));
+    // Keys while loaded: time from send-keys to the change on screen (as tmux sees it).
+    let mut seen = Vec::new();
+    for (k, expect) in [
+        ("2", "POD"),
+        ("1", "SERVICE"),
+        ("5", "SERVER:PORT"),
+        ("1", "SERVICE"),
+        ("w", "win 1m"),
+        ("w", "win 5m"),
+        ("w", "win 10s"),
+        ("3", "ENDPOINT"),
+        ("1", "SERVICE"),
+    ] {
+        std::thread::sleep(Duration::from_millis(1500));
+        let t0 = Instant::now();
+        tm.keys(&[k]);
+        tm.wait_for(expect, Duration::from_secs(20), |s| s.contains(expect));
+        seen.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let screen = tm.screen();
+    let done = gen.wait_stdout_line("DONE", Duration::from_secs(120));
+    tm.keys(&["q"]);
+    let t0 = Instant::now();
+    while tm.pane_dead().is_none() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let n: f64 = done.split_whitespace().nth(1).unwrap().parse().unwrap();
+    println!(
+        "load: 5000 connections, {n} responses in {secs} s = {:.0}/s",
+        n / secs
+    );
+    println!("last screen under load:\n{screen}");
+    seen.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "key to screen through tmux (send-keys .. capture-pane polling every 100 ms): min {:.0} ms, median {:.0} ms, max {:.0} ms",
+        seen[0],
+        seen[seen.len() / 2],
+        seen[seen.len() - 1]
+    );
+    println!(
+        "top --perf:\n{}",
+        std::fs::read_to_string(&perf).unwrap_or_default()
+    );
+}
