@@ -71,6 +71,9 @@ pub struct Perf {
     pub frame_us: Histogram<u64>,
     /// How late each tick's frame was against its schedule, µs.
     pub tick_late_us: Histogram<u64>,
+    /// Work between two waits for keys (draining, refreshing, drawing), µs: the most a
+    /// key can wait before it is read.
+    pub busy_us: Histogram<u64>,
     pub ticks: u64,
     /// Ticks whose frame came more than one tick late.
     pub ticks_missed: u64,
@@ -87,6 +90,7 @@ impl Perf {
             input_to_frame_us: h(),
             frame_us: h(),
             tick_late_us: h(),
+            busy_us: h(),
             ticks: 0,
             ticks_missed: 0,
             records: 0,
@@ -101,6 +105,7 @@ impl Perf {
             "input-to-frame: n={} p50={:.1}ms p99={:.1}ms max={:.1}ms\n\
              frame (refresh+draw): n={} p50={:.1}ms p99={:.1}ms max={:.1}ms\n\
              tick lateness: ticks={} p50={:.1}ms p99={:.1}ms max={:.1}ms, later than one tick: {}\n\
+             busy between key polls: p50={:.1}ms p99={:.1}ms max={:.1}ms\n\
              records: {} (most in one drain {})",
             self.input_to_frame_us.len(),
             q(&self.input_to_frame_us, 0.5),
@@ -115,6 +120,9 @@ impl Perf {
             q(&self.tick_late_us, 0.99),
             self.tick_late_us.max() as f64 / 1000.0,
             self.ticks_missed,
+            q(&self.busy_us, 0.5),
+            q(&self.busy_us, 0.99),
+            self.busy_us.max() as f64 / 1000.0,
             self.records,
             self.max_drain,
         )
@@ -131,8 +139,9 @@ fn us(d: Duration) -> u64 {
     d.as_micros().clamp(1, 60_000_000) as u64
 }
 
-/// Take what the channel holds (within the budget); false once the source is done.
-fn drain(st: &mut State, inputs: &Inputs, perf: &mut Perf, done: &mut bool) {
+/// Take what the channel holds, within the budget; true when more is waiting.
+fn drain(st: &mut State, inputs: &Inputs, perf: &mut Perf, done: &mut bool) -> bool {
+    let mut more = false;
     let t0 = Instant::now();
     let mut n = 0u64;
     loop {
@@ -141,6 +150,7 @@ fn drain(st: &mut State, inputs: &Inputs, perf: &mut Perf, done: &mut bool) {
                 st.apply(&r);
                 n += 1;
                 if n.is_multiple_of(256) && t0.elapsed() > DRAIN_BUDGET {
+                    more = true;
                     break;
                 }
             }
@@ -161,6 +171,7 @@ fn drain(st: &mut State, inputs: &Inputs, perf: &mut Perf, done: &mut bool) {
     }
     perf.records += n;
     perf.max_drain = perf.max_drain.max(n);
+    more
 }
 
 /// The dashboard loop, on any backend. Returns when the user quits, `stop` is set, or
@@ -177,7 +188,8 @@ pub fn run_loop<B: Backend>(
     let mut out = (inputs.outside)();
     let mut next_tick = Instant::now();
     loop {
-        drain(&mut st, inputs, &mut perf, &mut done);
+        let busy_from = Instant::now();
+        let more = drain(&mut st, inputs, &mut perf, &mut done);
         let now = Instant::now();
         if now >= next_tick {
             let late = now.duration_since(next_tick);
@@ -205,14 +217,19 @@ pub fn run_loop<B: Backend>(
         if app.quit || inputs.stop.load(Ordering::Relaxed) || (done && opts.exit_on_done) {
             break;
         }
-        let wait = next_tick
-            .saturating_duration_since(Instant::now())
-            .min(POLL_SLICE);
+        perf.busy_us.saturating_record(us(busy_from.elapsed()));
+        // With records still waiting, only look for keys and go on draining.
+        let wait = if more {
+            Duration::ZERO
+        } else {
+            next_tick
+                .saturating_duration_since(Instant::now())
+                .min(POLL_SLICE)
+        };
         if let Some(ev) = (inputs.events)(wait)? {
             let t_in = Instant::now();
             let draw_now = match ev {
                 Event::Key(k) if k.kind != KeyEventKind::Release => {
-                    drain(&mut st, inputs, &mut perf, &mut done);
                     app.key(k, &st);
                     app.header = app::header(&st, &out);
                     true
