@@ -323,6 +323,51 @@ fn top_shows_the_live_traffic_of_the_sim_node() {
     assert!(logged.contains("capturing: attached"), "log file: {logged}");
 }
 
+/// `top --from` replays a recording (the committed session of the simulated node) at
+/// once; no capture, so no root needed. The replayed figures are the recording's, and the
+/// header says the replay is done.
+#[test]
+fn top_replays_a_recording() {
+    assert!(have_tmux(), "tmux is needed (scripts/deps.sh installs it)");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/top/session.jsonl");
+    let tmp = tempfile::tempdir().unwrap();
+    let cmd: Vec<String> = vec![
+        alog_bin().to_string_lossy().into_owned(),
+        "top".into(),
+        "--from".into(),
+        fixture.to_string_lossy().into_owned(),
+        "--speed".into(),
+        "0".into(),
+        "--window".into(),
+        "1m".into(),
+        "--tick".into(),
+        "0.2".into(),
+        "--log-file".into(),
+        tmp.path().join("log").to_string_lossy().into_owned(),
+    ];
+    let tm = Tmux::start(&cmd, 80, 24);
+    let s = tm.wait_for("the replayed services", Duration::from_secs(30), |s| {
+        s.contains("replay done") && row(s, "payment.pay").is_some()
+    });
+    // 9 exchanges with payment, 3 of them 503s (see tests/top_views.rs).
+    assert_eq!(row(&s, "payment.pay").unwrap()[2], "33.3", "{s}");
+    assert_eq!(row(&s, "cart.shop").unwrap()[2], "15.8", "{s}");
+    tm.keys(&["6"]);
+    tm.wait_for("the tail", Duration::from_secs(10), |s| {
+        s.contains("/status/503")
+    });
+    tm.keys(&["q"]);
+    let t0 = Instant::now();
+    let code = loop {
+        if let Some(c) = tm.pane_dead() {
+            break c;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", tm.screen());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, 0, "{}", tm.screen());
+}
+
 /// nginx as Debian ships it, in the cart pod, answering every request with a short
 /// body; holds thousands of connections with one worker.
 fn nginx_conf(dir: &Path, port: u16) -> PathBuf {

@@ -75,7 +75,7 @@ fn replay(
     tx: SyncSender<Msg>,
     clock: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-) {
+) -> bool {
     let res = (|| -> anyhow::Result<()> {
         let start = Instant::now();
         let mut t0: Option<u64> = None;
@@ -105,7 +105,9 @@ fn replay(
         }
         Ok(())
     })();
+    let failed = res.is_err();
     let _ = tx.send(Msg::Done(res.err().map(|e| format!("{e:#}"))));
+    failed
 }
 
 pub fn run(args: &TopArgs) -> anyhow::Result<()> {
@@ -129,12 +131,14 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let started = Arc::new(AtomicBool::new(false));
     let replay_clock = Arc::new(AtomicU64::new(0));
     let replay_done = Arc::new(AtomicBool::new(false));
+    let replay_failed = Arc::new(AtomicBool::new(false));
     let live_mode = args.from.is_none();
 
     let feeder: std::thread::JoinHandle<Option<anyhow::Error>> = match &args.from {
         Some(path) => {
             // Fail before the screen changes when the file cannot be read.
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let failed_flag = replay_failed.clone();
             let (path, speed, clock, stop, done) = (
                 path.clone(),
                 args.speed,
@@ -145,7 +149,9 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
             std::thread::Builder::new()
                 .name("top-replay".into())
                 .spawn(move || {
-                    replay(path, speed, tx, clock, stop);
+                    // The error itself is reported at exit; the header says it stopped.
+                    let failed = replay(path, speed, tx, clock, stop);
+                    failed_flag.store(failed, Ordering::Relaxed);
                     done.store(true, Ordering::Relaxed);
                     None
                 })?
@@ -218,12 +224,16 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let mut probe = CostProbe::new();
     let outside_dropped = dropped.clone();
     let done2 = replay_done.clone();
+    let failed2 = replay_failed.clone();
     let outside = move || {
         let c = probe.sample();
         Outside {
             node: node.clone(),
             mode: match (live_mode, done2.load(Ordering::Relaxed), speed) {
                 (true, _, _) => "live".into(),
+                (false, true, _) if failed2.load(Ordering::Relaxed) => {
+                    "replay STOPPED at a bad record (q: details)".into()
+                }
                 (false, true, _) => "replay done".into(),
                 (false, false, 0.0) => "replay".into(),
                 (false, false, s) => format!("replay x{s}"),
