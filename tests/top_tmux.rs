@@ -25,17 +25,28 @@ use sim::SimNode;
 struct Tmux {
     socket: String,
     session: String,
+    /// The program's exit status is written here (tmux reaps lazily, so
+    /// `#{pane_dead_status}` may stay empty for a while).
+    exit_file: PathBuf,
 }
 
 impl Tmux {
     fn start(cmd: &[String], w: u16, h: u16) -> Self {
+        // A socket per session: a server being killed is never reused.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let t = Self {
-            socket: format!("alogtop-{}", std::process::id()),
+            socket: format!("alogtop-{}-{n}", std::process::id()),
             session: "top".into(),
+            exit_file: std::env::temp_dir()
+                .join(format!("alogtop-{}-{n}.exit", std::process::id())),
         };
+        let _ = std::fs::remove_file(&t.exit_file);
+        let wrapper = format!("\"$0\" \"$@\"; echo $? > {}", t.exit_file.display());
         let out = Command::new("tmux")
             .args(["-L", &t.socket, "-f", "/dev/null", "new-session", "-d"])
             .args(["-s", &t.session, "-x", &w.to_string(), "-y", &h.to_string()])
+            .args(["sh", "-c", &wrapper])
             .args(cmd)
             .env("TERM", "xterm-256color")
             .output()
@@ -89,24 +100,17 @@ impl Tmux {
         }
     }
 
+    /// The exit status once the program has ended.
     fn pane_dead(&self) -> Option<i32> {
-        let s = self.tmux(&[
-            "display-message",
-            "-p",
-            "-t",
-            "top",
-            "#{pane_dead} #{pane_dead_status}",
-        ]);
-        let mut it = s.split_whitespace();
-        match (it.next(), it.next()) {
-            (Some("1"), Some(code)) => code.parse().ok(),
-            _ => None,
-        }
+        std::fs::read_to_string(&self.exit_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
     }
 }
 
 impl Drop for Tmux {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.exit_file);
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .output();
