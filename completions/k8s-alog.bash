@@ -585,13 +585,33 @@ _k8s__alog() {
             return 0
             ;;
         k8s__subcmd__alog__subcmd__top)
-            opts="-h -V --from --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --log-level --help --version"
+            opts="-h -V --from --speed --window --tick --queue --log-file --perf --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --speed)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --window)
+                    COMPREPLY=($(compgen -W "10s 1m 5m" -- "${cur}"))
+                    return 0
+                    ;;
+                --tick)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --queue)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -648,6 +668,66 @@ _k8s__alog() {
                     return 0
                     ;;
                 --node-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-batch-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-batch-period)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-spool-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-spool-max)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-node-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-exclude-namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-backoff-max)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-flush-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --oap-log-interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

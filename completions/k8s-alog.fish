@@ -72,6 +72,13 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l no-k8s -d '
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -s h -l help -d 'Print help'
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -s V -l version -d 'Print version'
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l from -d 'Replay a recording instead of capturing live' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l speed -d 'Replay speed: 1 as recorded, 10 ten times faster, 0 all at once' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l window -d 'Time window of rates and percentiles at start (10s, 1m, 5m; `w` switches)' -r -f -a "10s\t''
+1m\t''
+5m\t''"
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l tick -d 'Seconds between screen refreshes' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l queue -d 'Records queued between capture and screen; beyond it they are dropped and counted' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l log-file -d 'Where log messages go while the dashboard runs (default: discarded)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l capture-bytes -d 'Payload bytes copied per socket call for protocol parsing (max 8192)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l ring-mb -d 'Ring-buffer size in MiB (a power of two)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l pid -d 'Only these processes (repeatable)' -r
@@ -86,7 +93,23 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l kubeconfig -d 
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l api-server -d 'Kubernetes API server URL (overrides the kubeconfig\'s)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l cluster -d 'Cluster name: services are written `cluster::svc.ns`' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l node-name -d 'This node\'s name (default: the host name)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap -d 'OAP gRPC address(es), host:port (repeatable or comma-separated; tried in turn)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-ca -d 'CA certificate (PEM) to verify the OAP: turns TLS on (server name = the host in --oap)' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-cert -d 'Client certificate (PEM), for an OAP that asks for one (with --oap-key)' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-key -d 'Client private key (PEM)' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-token -d 'Token sent as the `authentication` metadata (the OAP\'s `authentication` setting)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-batch-size -d 'Records per batch (one gRPC stream each)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-batch-period -d 'Seconds between batches at most' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-spool-dir -d 'Directory of the spool that keeps batches while the OAP is unreachable' -r -F
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-spool-max -d 'Largest spool size (K, M, G suffixes); beyond it batches are dropped and counted' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-node-name -d 'Node name sent to the OAP (default: --node-name, else the host name)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-cluster -d 'Cluster name sent to the OAP (default: --cluster)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-exclude-namespace -d 'Namespaces not reported (repeatable or comma-separated); also sent as the policy' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-backoff-max -d 'Longest wait between reconnection attempts, seconds (the backoff doubles up to it)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-flush-timeout -d 'Seconds allowed at exit to deliver what is left (the rest stays spooled)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-log-interval -d 'Seconds between delivery progress lines on stderr (0: none)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l log-level -d 'Log level for messages on stderr (error, warn, info, debug, trace)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l perf -d 'Print responsiveness figures (input-to-frame, frame times, tick lateness) on exit'
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l keep-query -d 'Keep query strings in paths (dropped by default: they often carry secrets)'
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l no-k8s -d 'No Kubernetes attribution: container ids only'
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -s h -l help -d 'Print help'

@@ -12,6 +12,8 @@ pkgs=(
     iproute2 nftables containerd runc containernetworking-plugins busybox-static
     # shipping checks: a real DNS server for the static binary's resolver test
     dnsmasq-base
+    # `top` end to end: the dashboard in a real terminal
+    tmux
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -23,6 +23,7 @@ pub enum Command {
     #[command(after_help = RECORD_EXAMPLES)]
     Record(Box<RecordArgs>),
     /// Live dashboard: service topology, request rates, latency, errors, access-log tail.
+    #[command(after_help = TOP_EXAMPLES)]
     Top(Box<TopArgs>),
     /// Stream access logs to Apache SkyWalking OAP (its eBPF access-log protocol).
     #[command(after_help = PUSH_EXAMPLES)]
@@ -190,17 +191,58 @@ pub struct RecordArgs {
     pub oap: OapArgs,
 }
 
+const TOP_EXAMPLES: &str = "\
+Examples:
+  sudo k8s-alog top                               # this node, live
+  sudo k8s-alog top --port 8080 --window 1m       # one port, 1-minute figures
+  k8s-alog top --from access.jsonl --speed 10     # replay a recording 10x faster
+  k8s-alog top --from access.jsonl --speed 0      # replay at once, then study it
+  sudo k8s-alog top --log-file /tmp/top.log --log-level debug
+
+Keys: 1-6/Tab views (services, pods, endpoints, topology, connections, tail);
+s/S sort column, r reverse; / filter (ns= pod= svc= port= proto= status=), c clear;
+w window; p pause; Enter detail; ? help; q or Ctrl-C quit.";
+
 #[derive(Debug, Clone, Args)]
 pub struct TopArgs {
     /// Replay a recording instead of capturing live.
     #[arg(long, env = "K8S_ALOG_FROM")]
     pub from: Option<PathBuf>,
 
+    /// Replay speed: 1 as recorded, 10 ten times faster, 0 all at once.
+    #[arg(long, env = "K8S_ALOG_SPEED", default_value_t = 1.0)]
+    pub speed: f64,
+
+    /// Time window of rates and percentiles at start (10s, 1m, 5m; `w` switches).
+    #[arg(long, env = "K8S_ALOG_WINDOW", default_value = "10s",
+          value_parser = ["10s", "1m", "5m"])]
+    pub window: String,
+
+    /// Seconds between screen refreshes.
+    #[arg(long, env = "K8S_ALOG_TICK", default_value_t = 1.0)]
+    pub tick: f64,
+
+    /// Records queued between capture and screen; beyond it they are dropped and counted.
+    #[arg(long, env = "K8S_ALOG_QUEUE", default_value_t = 65_536)]
+    pub queue: usize,
+
+    /// Where log messages go while the dashboard runs (default: discarded).
+    #[arg(long, env = "K8S_ALOG_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Print responsiveness figures (input-to-frame, frame times, tick lateness) on exit.
+    #[arg(long, env = "K8S_ALOG_PERF")]
+    pub perf: bool,
+
     #[command(flatten)]
     pub capture: CaptureArgs,
 
     #[command(flatten)]
     pub k8s: K8sArgs,
+
+    /// Forward to SkyWalking OAP while the dashboard runs (live capture only).
+    #[command(flatten)]
+    pub oap: OapArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod resolve;
 pub mod sink;
 pub mod tls;
+pub mod top;
 
 /// Logs go to stderr, never to stdout (which may carry JSONL).
 pub fn init_logging(level: &str) {

@@ -20,11 +20,20 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
 }
 
+impl<S: Sink + ?Sized> Sink for &mut S {
+    fn write(&mut self, rec: &Record) -> anyhow::Result<()> {
+        (**self).write(rec)
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        (**self).flush()
+    }
+}
+
 /// Every record to each of several sinks (e.g. a JSONL file and the OAP).
 #[derive(Default)]
-pub struct Fanout(pub Vec<Box<dyn Sink>>);
+pub struct Fanout<'a>(pub Vec<Box<dyn Sink + 'a>>);
 
-impl Sink for Fanout {
+impl Sink for Fanout<'_> {
     fn write(&mut self, rec: &Record) -> anyhow::Result<()> {
         for s in &mut self.0 {
             s.write(rec)?;
