@@ -53,8 +53,8 @@ generate: build ## Regenerate completions/ and man/ from the CLI (commit the res
 	rm -f completions/* man/*
 	./target/release/k8s-alog generate --out-dir .
 
-# The command `make demo` runs on the simulated node's traffic; `top` when it lands.
-TOOL_CMD ?= record --out - --stats-interval 5
+# The command `make demo` runs on the simulated node's traffic (e.g. TOOL_CMD="record --out -").
+TOOL_CMD ?= top
 
 demo: build ## A simulated Kubernetes node with realistic traffic, and k8s-alog on it (root; Ctrl-C ends)
 	./scripts/demo.sh ./target/release/k8s-alog $(TOOL_CMD)
