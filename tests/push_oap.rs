@@ -1249,3 +1249,82 @@ fn delivery_fails_over_and_skips_damaged_spool_files() {
         .count();
     assert_eq!(aside, 1);
 }
+
+/// `top --oap`: the dashboard runs in a real terminal (tmux) and forwards the same
+/// capture to the stand-in collector; every exchange arrives, and on `q` the counters in
+/// its log agree with what the stand-in received.
+#[test]
+fn top_forwards_to_the_oap_while_it_shows() {
+    if !require_root() {
+        return;
+    }
+    assert!(
+        common::tmux::have_tmux(),
+        "tmux is needed (scripts/deps.sh installs it)"
+    );
+    let node = SimNode::up();
+    let _cart = node.start_server("cart", "cart", 8080);
+    let port = free_port();
+    let streams: Streams = Arc::default();
+    let oap = StandIn::start(port, Arc::clone(&streams), None);
+    let spool = tempfile::tempdir().unwrap();
+    let log = spool.path().join("top.log");
+    let mut cmd: Vec<String> = [
+        alog_bin().to_string_lossy().as_ref(),
+        "top",
+        "--oap",
+        &format!("127.0.0.1:{port}"),
+        "--port",
+        "8080",
+        "--oap-spool-dir",
+        &spool.path().join("spool").to_string_lossy(),
+        "--oap-batch-period",
+        "0.2",
+        "--log-file",
+        &log.to_string_lossy(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    cmd.extend(sim_args(&node));
+    let t = common::tmux::Tmux::start(&cmd, 100, 30);
+    t.wait_for("the dashboard", START_TIMEOUT, |s| s.contains("Services"));
+    let ports: Vec<u16> = (0..5)
+        .map(|_| node.curl("web", "web", &url(&node, "cart", "/bytes/50")).1)
+        .collect();
+    wait_delivered(&streams, &ports, Duration::from_secs(60));
+    t.wait_for("cart.shop on screen", Duration::from_secs(30), |s| {
+        s.contains("cart.shop")
+    });
+    t.keys(&["q"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = t.pane_dead() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "top did not exit:\n{}",
+            t.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 0, "top exit status; screen:\n{}", t.screen());
+    oap.stop();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let k = counters(&lines);
+    let msgs = with_connections(&snapshot(&streams));
+    for p in &ports {
+        for role in [pb::DetectPoint::Server, pb::DetectPoint::Client] {
+            let n = exchanges(&of_client_port(&msgs, *p, role)).len();
+            assert_eq!(n, 1, "client port {p} {role:?}: {n} exchanges (want 1)");
+        }
+    }
+    assert_eq!(msgs.len() as u64, k["messages_sent"], "{k:?}");
+    assert_eq!(k["dropped_messages"], 0, "{k:?}");
+    eprintln!(
+        "figures: top --oap: 5 exchanges x 2 views, {} messages sent",
+        k["messages_sent"]
+    );
+}
