@@ -18,14 +18,15 @@ pub mod sink;
 pub mod tls;
 pub mod top;
 
-/// Logs go to stderr, never to stdout (which may carry JSONL).
-pub fn init_logging(level: &str) {
+/// Logs go to stderr, never to stdout (which may carry JSONL). `plain` turns colours off
+/// even on a terminal (the dashboard sends stderr to a log file once it starts).
+pub fn init_logging(level: &str, plain: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(!plain && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
     // libbpf's own messages (including the verifier's log when a program is refused) go

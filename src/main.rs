@@ -8,7 +8,7 @@ use k8s_alog::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    k8s_alog::init_logging(&cli.log_level);
+    k8s_alog::init_logging(&cli.log_level, matches!(cli.command, Command::Top(_)));
     let res = match &cli.command {
         Command::Record(a) => k8s_alog::cmd::record::run(a),
         Command::Top(a) => k8s_alog::cmd::top::run(a),
