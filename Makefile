@@ -6,7 +6,7 @@ CARGO ?= cargo
 TARGET ?= x86_64-unknown-linux-gnu
 STATIC_BIN := target/$(TARGET)/release/k8s-alog
 
-.PHONY: help deps build static test test-static bench install clean generate demo
+.PHONY: help deps build static test test-static bench bench-top install clean generate demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test-static: static ## Run the real-kernel capture tests and the shipping checks
 
 bench: build ## Measure cost and completeness side by side with a no-capture baseline, a floor and tshark (root, ~10 min)
 	./bench/run.sh
+
+bench-top: ## Measure top's responsiveness with 5,000 live connections and ~20k requests/s on the simulated node (root, ~2 min)
+	$(CARGO) test --release --test top_tmux top_under_load -- --ignored --nocapture --test-threads=1
 
 # What `make install` installs: the static binary if built (`make static`), else the
 # release build; INSTALL_BIN=path overrides.
