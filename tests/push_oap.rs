@@ -309,21 +309,6 @@ fn counters(lines: &[String]) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The simulated node's metadata sources (as tests/k8s_sim.rs runs `record`).
-fn sim_args(node: &SimNode) -> Vec<String> {
-    let absent = node.desc.root.join("absent");
-    vec![
-        "--kubelet-pods-dir".into(),
-        node.desc.kubelet_pods_dir.to_string_lossy().into_owned(),
-        "--containerd-state".into(),
-        absent.to_string_lossy().into_owned(),
-        "--cri-socket".into(),
-        absent.join("cri.sock").to_string_lossy().into_owned(),
-        "--node-name".into(),
-        "sim-node".into(),
-    ]
-}
-
 /// `push --oap 127.0.0.1:port` on the sim node, only the pods' port 8080 (so that the
 /// push's own gRPC traffic to the stand-in is not captured), started once it captures.
 fn start_push(node: &SimNode, port: u16, spool: &Path, extra: &[&str]) -> Alog {
@@ -345,7 +330,7 @@ fn start_push(node: &SimNode, port: u16, spool: &Path, extra: &[&str]) -> Alog {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend(sim_args(node));
+    args.extend(node.alog_args());
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut a = Alog::spawn(&args);
     a.wait_lines("capturing:", 1, START_TIMEOUT);
@@ -1033,7 +1018,7 @@ fn replay_of_a_recording_sends_what_the_live_push_sent() {
         "--oap-batch-period".into(),
         "0.2".into(),
     ];
-    args.extend(sim_args(&node));
+    args.extend(node.alog_args());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let rec = Recorder::start(&[8080], &argv);
     let mut ports = Vec::new();
@@ -1286,7 +1271,7 @@ fn top_forwards_to_the_oap_while_it_shows() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    cmd.extend(sim_args(&node));
+    cmd.extend(node.alog_args());
     let t = common::tmux::Tmux::start(&cmd, 100, 30);
     t.wait_for("the dashboard", START_TIMEOUT, |s| s.contains("Services"));
     let ports: Vec<u16> = (0..5)

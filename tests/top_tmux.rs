@@ -23,21 +23,9 @@ use sim::SimNode;
 
 /// `k8s-alog top` with the simulated node's sources.
 fn top_cmd(node: &SimNode, log: &Path, extra: &[&str]) -> Vec<String> {
-    let absent = node.desc.root.join("absent");
-    let mut v: Vec<String> = vec![
-        alog_bin().to_string_lossy().into_owned(),
-        "top".into(),
-        "--kubelet-pods-dir".into(),
-        node.desc.kubelet_pods_dir.to_string_lossy().into_owned(),
-        "--containerd-state".into(),
-        absent.to_string_lossy().into_owned(),
-        "--cri-socket".into(),
-        absent.join("cri.sock").to_string_lossy().into_owned(),
-        "--node-name".into(),
-        "sim-node".into(),
-        "--log-file".into(),
-        log.to_string_lossy().into_owned(),
-    ];
+    let mut v: Vec<String> = vec![alog_bin().to_string_lossy().into_owned(), "top".into()];
+    v.extend(node.alog_args());
+    v.extend(["--log-file".into(), log.to_string_lossy().into_owned()]);
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }

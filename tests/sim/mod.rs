@@ -137,6 +137,22 @@ impl SimNode {
         node
     }
 
+    /// The flags that point k8s-alog at this node's metadata (its kubelet layout; no
+    /// runtime socket, no bundles) and name the node `sim-node`.
+    pub fn alog_args(&self) -> Vec<String> {
+        let absent = self.desc.root.join("absent");
+        vec![
+            "--kubelet-pods-dir".into(),
+            self.desc.kubelet_pods_dir.to_string_lossy().into_owned(),
+            "--containerd-state".into(),
+            absent.to_string_lossy().into_owned(),
+            "--cri-socket".into(),
+            absent.join("cri.sock").to_string_lossy().into_owned(),
+            "--node-name".into(),
+            "sim-node".into(),
+        ]
+    }
+
     pub fn pod(&self, key: &str) -> &SimPod {
         self.desc
             .pods
