@@ -230,19 +230,11 @@ struct Want<'a> {
 }
 
 impl Run {
-    /// The http records whose server port is `port`.
-    fn http(&self, port: u16) -> Vec<&Value> {
-        self.records
-            .iter()
-            .filter(|r| r["kind"] == "http" && r["server"]["port"] == port)
-            .collect()
-    }
-
     /// Exactly these exchanges were written (in this order of start), each once, marked
     /// TLS, complete, with both ends' processes (`observed_by: both`, the server's view),
     /// the server being one of `server_pids`; and nothing was counted lost.
     fn assert_tls_http(&self, port: u16, server_pids: &[u32], want: &[Want<'_>]) {
-        let mut http = self.http(port);
+        let mut http = http_records(&self.records, port);
         http.sort_by_key(|r| r["start_mono_ns"].as_u64().unwrap_or(0));
         let dump = || {
             http.iter()
@@ -271,14 +263,7 @@ impl Run {
                 "server pid {sp} not in {server_pids:?}: {r}"
             );
         }
-        let stats = self
-            .records
-            .iter()
-            .rfind(|r| r["kind"] == "stats")
-            .expect("a final stats record");
-        for (k, v) in stats["lost"].as_object().expect("loss counters") {
-            assert_eq!(v.as_u64(), Some(0), "lost.{k} in {stats}");
-        }
+        assert_nothing_lost(&self.records);
     }
 }
 

@@ -233,21 +233,9 @@ fn record_attributes_every_end_on_the_sim_node() {
     let node = SimNode::up();
     let cart = node.start_server("cart", "cart", 8080);
     let _pay = node.start_server("pay", "payment", 8080);
-    let pods_dir = node.desc.kubelet_pods_dir.to_string_lossy().into_owned();
-    let absent = node.desc.root.join("absent").to_string_lossy().into_owned();
-    let rec = Recorder::start(
-        &[],
-        &[
-            "--kubelet-pods-dir",
-            &pods_dir,
-            "--containerd-state",
-            &absent,
-            "--cri-socket",
-            &format!("{absent}/cri.sock"),
-            "--node-name",
-            "sim-node",
-        ],
-    );
+    let args = node.alog_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rec = Recorder::start(&[], &args);
     let cart_ip = node.pod("cart").ip.clone();
     let svc = node.service("cart").clone();
     let pay_svc = node.service("payment").clone();

@@ -2,27 +2,9 @@
 
 use super::live::{self, LiveOptions};
 use crate::cli::RecordArgs;
-use crate::model::Record;
 use crate::sink::jsonl::JsonlSink;
 use crate::sink::oap::OapSink;
-use crate::sink::Sink;
-
-/// The file and the OAP, each record to both.
-struct Tee<'a> {
-    jsonl: &'a mut JsonlSink,
-    oap: &'a mut OapSink,
-}
-
-impl Sink for Tee<'_> {
-    fn write(&mut self, rec: &Record) -> anyhow::Result<()> {
-        self.jsonl.write(rec)?;
-        self.oap.write(rec)
-    }
-    fn flush(&mut self) -> anyhow::Result<()> {
-        self.jsonl.flush()?;
-        self.oap.flush()
-    }
-}
+use crate::sink::Fanout;
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     let mut sink = JsonlSink::open(&args.out)?;
@@ -37,14 +19,13 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         what,
     };
     let res = match &mut oap {
+        // Borrowed, not moved: the file's record count and the OAP's counters are read
+        // after the capture.
         Some(o) => live::run(
             &args.capture,
             &args.k8s,
             &opts,
-            &mut Tee {
-                jsonl: &mut sink,
-                oap: o,
-            },
+            &mut Fanout(vec![Box::new(&mut sink), Box::new(o)]),
         ),
         None => live::run(&args.capture, &args.k8s, &opts, &mut sink),
     };

@@ -11,15 +11,6 @@ pub trait Sink {
     fn flush(&mut self) -> anyhow::Result<()>;
 }
 
-impl<S: Sink + ?Sized> Sink for Box<S> {
-    fn write(&mut self, rec: &Record) -> anyhow::Result<()> {
-        (**self).write(rec)
-    }
-    fn flush(&mut self) -> anyhow::Result<()> {
-        (**self).flush()
-    }
-}
-
 impl<S: Sink + ?Sized> Sink for &mut S {
     fn write(&mut self, rec: &Record) -> anyhow::Result<()> {
         (**self).write(rec)

@@ -633,10 +633,7 @@ impl Recording {
 
     /// HTTP records whose server end is on `port`.
     pub fn http(&self, port: u16) -> Vec<&Value> {
-        self.of_kind("http")
-            .into_iter()
-            .filter(|r| r["server"]["port"] == port)
-            .collect()
+        http_records(&self.records, port)
     }
 
     /// Connection records with `port` at either end.
@@ -662,31 +659,46 @@ impl Recording {
 
     /// The stats record written at exit (the last line of the file).
     pub fn final_stats(&self) -> &Value {
-        let last = self
-            .records
-            .last()
-            .expect("the output has no records at all");
-        assert_eq!(
-            last["kind"], "stats",
-            "the last record is not the final stats record: {last}"
-        );
-        last
+        final_stats(&self.records)
     }
 
     /// Every loss counter of the final stats record must be 0.
     pub fn assert_nothing_lost(&self) {
-        let st = self.final_stats();
-        let lost = st["lost"]
-            .as_object()
-            .unwrap_or_else(|| panic!("stats without `lost`: {st}"));
-        assert!(!lost.is_empty(), "empty `lost` in {st}");
-        for (k, v) in lost {
-            assert_eq!(
-                v.as_u64(),
-                Some(0),
-                "lost.{k} is not 0 in the final stats: {st}"
-            );
-        }
+        assert_nothing_lost(&self.records)
+    }
+}
+
+/// HTTP records (of a whole recording) whose server end is on `port`.
+pub fn http_records(records: &[Value], port: u16) -> Vec<&Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "http" && r["server"]["port"] == port)
+        .collect()
+}
+
+/// The stats record written at exit (the last line of a recording).
+pub fn final_stats(records: &[Value]) -> &Value {
+    let last = records.last().expect("the output has no records at all");
+    assert_eq!(
+        last["kind"], "stats",
+        "the last record is not the final stats record: {last}"
+    );
+    last
+}
+
+/// Every loss counter of a recording's final stats record must be 0.
+pub fn assert_nothing_lost(records: &[Value]) {
+    let st = final_stats(records);
+    let lost = st["lost"]
+        .as_object()
+        .unwrap_or_else(|| panic!("stats without `lost`: {st}"));
+    assert!(!lost.is_empty(), "empty `lost` in {st}");
+    for (k, v) in lost {
+        assert_eq!(
+            v.as_u64(),
+            Some(0),
+            "lost.{k} is not 0 in the final stats: {st}"
+        );
     }
 }
 
