@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::capture::HookMode;
+
 /// Who talks to whom on this Kubernetes node, and how fast: every TCP connection and
 /// HTTP exchange, captured with eBPF.
 #[derive(Debug, Parser)]
@@ -111,6 +113,16 @@ pub struct CaptureArgs {
     /// Most connections tracked at once; beyond it the least active are written out and counted.
     #[arg(long, env = "K8S_ALOG_MAX_CONNECTIONS", default_value_t = 262_144)]
     pub max_connections: usize,
+
+    /// Kernel hooks for socket data: auto (the cheapest this kernel has and accepts, per
+    /// hook), or one rung for all: tracepoint, fentry, kprobe, syscall.
+    #[arg(long, env = "K8S_ALOG_HOOKS", default_value = "auto",
+          value_parser = parse_hook_mode)]
+    pub hooks: HookMode,
+}
+
+fn parse_hook_mode(s: &str) -> Result<HookMode, String> {
+    s.parse()
 }
 
 /// Where Kubernetes metadata comes from. Whatever is present is used, best first: the
@@ -368,6 +380,11 @@ pub struct DoctorArgs {
     /// Seconds each network check (CRI socket, API, OAP) may take.
     #[arg(long, env = "K8S_ALOG_DOCTOR_TIMEOUT", default_value_t = 3.0)]
     pub timeout: f64,
+
+    /// Kernel hooks to check the capture programs with (as `record --hooks`).
+    #[arg(long, env = "K8S_ALOG_HOOKS", default_value = "auto",
+          value_parser = parse_hook_mode)]
+    pub hooks: HookMode,
 
     #[command(flatten)]
     pub k8s: K8sArgs,

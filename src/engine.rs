@@ -189,6 +189,7 @@ pub struct Engine {
     closing: std::collections::VecDeque<(u64, u64)>,
     /// Processes with TLS connections whose plaintext was not visible.
     tls_not_visible: Vec<String>,
+    hooks: Option<crate::model::HookRungs>,
     user: UserCounters,
     lost: LossCounters,
     http_closed: Http1Stats,
@@ -217,6 +218,7 @@ impl Engine {
             closed_peers: HashMap::new(),
             closing: std::collections::VecDeque::new(),
             tls_not_visible: Vec::new(),
+            hooks: None,
             user: UserCounters::default(),
             lost: LossCounters::default(),
             http_closed: Http1Stats::default(),
@@ -265,6 +267,11 @@ impl Engine {
         self.conns.len()
     }
 
+    /// The kernel hooks capture runs on, for the statistics records.
+    pub fn set_hooks(&mut self, h: crate::model::HookRungs) {
+        self.hooks = Some(h);
+    }
+
     /// A record from the kernel that could not be decoded.
     pub fn bad_record(&mut self) {
         self.lost.bad_records += 1;
@@ -275,6 +282,8 @@ impl Engine {
         self.lost.ringbuf_data_events = k.drop_data_ringbuf;
         self.lost.ringbuf_conn_events = k.drop_conn_ringbuf;
         self.lost.kernel_storage = k.storage_fail;
+        self.lost.ringbuf_exec_events = k.drop_exec_ringbuf;
+        self.lost.after_close_untracked = k.late_untracked;
         StatsRecord {
             v: SCHEMA_VERSION,
             time: self.clock.rfc3339(now),
@@ -285,6 +294,7 @@ impl Engine {
             lost: self.lost,
             attribution: self.attrib.as_ref().and_then(|a| a.stats()),
             tls_not_visible: self.tls_not_visible.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 

@@ -30,7 +30,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<CaptureError>() {
         Some(CaptureError::NotPermitted) => 3,
         Some(CaptureError::NoBtf) => 4,
-        Some(CaptureError::Refused { .. }) => 5,
+        Some(CaptureError::Refused { .. } | CaptureError::NoHook(_)) => 5,
         Some(CaptureError::Config(_)) => 2,
         None => 1,
     }

@@ -319,6 +319,34 @@ pub struct StatsRecord {
     /// `user.connections_by_protocol_tls`.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub tls_not_visible: Vec<String>,
+    /// The kernel hook each part of capture runs on (live capture only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hooks: Option<HookRungs>,
+}
+
+/// The rung of each data hook: "tracepoint", "fentry", "kprobe" or "syscall"; None: not
+/// hooked on this kernel (only `send_start` can be missing).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HookRungs {
+    pub send: Option<String>,
+    pub recv: Option<String>,
+    pub send_start: Option<String>,
+}
+
+impl HookRungs {
+    /// "send tracepoint, recv tracepoint, start fentry"; the same rung everywhere says it once.
+    pub fn summary(&self) -> String {
+        let name = |r: &Option<String>| r.clone().unwrap_or_else(|| "none".into());
+        if self.send == self.recv && self.recv == self.send_start {
+            return name(&self.send);
+        }
+        format!(
+            "send {}, recv {}, start {}",
+            name(&self.send),
+            name(&self.recv),
+            name(&self.send_start)
+        )
+    }
 }
 
 /// Counters kept in user space.
@@ -370,6 +398,13 @@ pub struct LossCounters {
     pub sequence_gaps: u64,
     /// Connections dropped from the table to keep memory bounded.
     pub evicted_connections: u64,
+    /// Exec notifications the kernel could not queue (a new binary's TLS code may go
+    /// unprobed until the next scan).
+    #[serde(default)]
+    pub ringbuf_exec_events: u64,
+    /// Reads after a socket had closed whose state was no longer held (not recorded).
+    #[serde(default)]
+    pub after_close_untracked: u64,
 }
 
 impl LossCounters {
@@ -380,6 +415,8 @@ impl LossCounters {
             + self.bad_records
             + self.sequence_gaps
             + self.evicted_connections
+            + self.ringbuf_exec_events
+            + self.after_close_untracked
     }
 }
 
@@ -482,6 +519,7 @@ mod tests {
             lost: LossCounters::default(),
             attribution: None,
             tls_not_visible: Vec::new(),
+            hooks: None,
         });
         let s = serde_json::to_string(&rec).unwrap();
         assert!(s.starts_with(r#"{"kind":"stats","v":1"#), "{s}");

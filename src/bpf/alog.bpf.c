@@ -3,16 +3,24 @@
  * alog.bpf.c: the in-kernel half of k8s-alog.
  *
  * Design, driven by what these kernels allow and what they charge:
- * - No syscall tracepoints at all. Enabling any of them puts every syscall on
- *   the node on the slow path. Data is seen at the socket layer instead
- *   (sock_send_length / sock_recv_length), which fires only for sockets: file
+ * - Syscall tracepoints only as the last rung. Enabling any of them puts every
+ *   syscall on the node on the slow path. Data is seen at the socket layer
+ *   instead wherever the kernel allows, which fires only for sockets: file
  *   I/O never reaches these programs, so it is filtered for free.
  * - The syscall number and arguments (for the payload prefix and the fd) are
  *   read back from the task's saved user registers.
- * - Per-connection state lives in socket local storage: it is created on
- *   first sight, freed by the kernel with the socket, has no fixed cap, and
- *   its identity is the socket cookie, which is never reused (fd reuse is
- *   irrelevant).
+ * - Per-connection state lives in a hash map keyed by the socket's kernel
+ *   address, so that every hook rung below can reach it (socket local storage
+ *   cannot be reached from kprobes or syscall hooks). It is created on first
+ *   sight and deleted when the socket reaches TCP_CLOSE; its identity is the
+ *   socket cookie, which is never reused (fd reuse is irrelevant).
+ * - The data hooks come in rungs, chosen per hook by user space at start-up
+ *   (the newest kernels have them all; older or locked-down kernels only
+ *   some): socket tracepoints (sock_send_length / sock_recv_length), fexit on
+ *   the TCP send and inet receive functions, kprobes on the same functions,
+ *   and last the raw syscall exit tracepoint (fd -> socket through the task's
+ *   file table). Every rung feeds the same on_data(); only the programs of
+ *   the chosen rungs are loaded.
  * - Lifecycle (connect, accept, close, with real handshake times) comes from
  *   inet_sock_set_state; final TCP figures are read from tcp_sock at close.
  * - Ring-buffer records are submitted without a wake-up unless the ring is
@@ -47,6 +55,10 @@ const volatile __u64 wakeup_bytes = 1 << 20;
 const volatile bool filter_pid = false;
 const volatile bool filter_cgroup = false;
 const volatile bool filter_port = false;
+/* Which directions the syscall rung (sc_exit) handles: only those whose
+ * hook runs on that rung. */
+const volatile bool sc_send = false;
+const volatile bool sc_recv = false;
 
 /* Dummy instances put the event structs into BTF for the skeleton's types. */
 struct alog_data_event _alog_data_event = {};
@@ -85,12 +97,35 @@ struct conn_state {
 	char comm[16];
 };
 
+/* Sized by user space (--max-connections and then some); a socket that finds
+ * it full is counted in ALOG_CNT_STORAGE_FAIL and not tracked. */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(max_entries, 1 << 20);
+	__type(key, __u64);
 	__type(value, struct conn_state);
 } conns SEC(".maps");
+
+/* The state of sockets that reached TCP_CLOSE while a process still held them
+ * (the peer's FIN after our shutdown(), or a reset): that process may still
+ * read what was queued before, and those reads keep the connection's id and
+ * event sequence. Bounded; the oldest go first. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct conn_state);
+} closed_held SEC(".maps");
+
+/* Per-CPU counter behind the connection ids made for sockets whose kernel
+ * cookie cannot be had where they are first seen (kprobe and syscall rungs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} synth_ids SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -248,15 +283,49 @@ static __always_inline __u64 rb_flags(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
-/* `sk` comes from a tp_btf argument, a trusted BTF pointer: plain loads (with CO-RE
- * relocations) instead of bpf_probe_read_kernel calls. */
+/* `sk` is a BTF pointer on the tracepoint and fentry rungs but a plain kernel
+ * address on the kprobe and syscall rungs: CO-RE reads serve both. */
 static __always_inline bool is_tcp(const struct sock *sk)
 {
-	__u16 family = sk->__sk_common.skc_family;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
 	if (family != AF_INET && family != AF_INET6)
 		return false;
-	return sk->sk_protocol == IPPROTO_TCP && sk->sk_type == SOCK_STREAM;
+	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP &&
+	       BPF_CORE_READ(sk, sk_type) == SOCK_STREAM;
+}
+
+static __always_inline struct conn_state *conn_get(const struct sock *sk)
+{
+	__u64 k = (__u64)sk;
+
+	return bpf_map_lookup_elem(&conns, &k);
+}
+
+static __always_inline void conn_forget(const struct sock *sk)
+{
+	__u64 k = (__u64)sk;
+
+	bpf_map_delete_elem(&conns, &k);
+}
+
+/* Identity of a socket first seen in a data hook: its kernel cookie if one was
+ * made already, else an id of our own (bit 62 set, CPU in bits 48-61: never
+ * equal to a kernel cookie, which counts up from 1). */
+static __always_inline __u64 data_cookie(const struct sock *sk)
+{
+	__u64 c = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	__u32 zero = 0;
+	__u64 *n;
+
+	if (c)
+		return c;
+	n = bpf_map_lookup_elem(&synth_ids, &zero);
+	if (!n)
+		return 0;
+	*n += 1;
+	return (1ULL << 62) | ((__u64)(bpf_get_smp_processor_id() & 0x3fff) << 48) |
+	       (*n & ((1ULL << 48) - 1));
 }
 
 static __always_inline bool port_allowed(const struct sock *sk)
@@ -342,9 +411,10 @@ static __always_inline __u64 next_seq(struct conn_state *st)
 	return st->seq++;
 }
 
-/* Emit a connection event. `st` may be NULL (a socket we never tracked). */
-static __always_inline void emit_conn(const struct sock *sk, struct conn_state *st, __u8 type,
-				      int oldstate, int newstate, __u64 now)
+/* Emit a connection event. `st` may be NULL (a socket we never tracked): its
+ * id is then `cookie`. */
+static __always_inline void emit_conn(const struct sock *sk, struct conn_state *st, __u64 cookie,
+				      __u8 type, int oldstate, int newstate, __u64 now)
 {
 	struct alog_conn_event *e;
 
@@ -376,7 +446,7 @@ static __always_inline void emit_conn(const struct sock *sk, struct conn_state *
 		e->role = st->role;
 		__builtin_memcpy(e->comm, st->comm, sizeof(e->comm));
 	} else {
-		e->cookie = bpf_get_socket_cookie((void *)sk);
+		e->cookie = cookie;
 		e->flags = ALOG_F_PREEXISTING;
 	}
 	if (type == ALOG_CONN_CLOSED || type == ALOG_CONN_CONNECT_FAILED) {
@@ -393,22 +463,54 @@ static __always_inline void emit_conn(const struct sock *sk, struct conn_state *
 	count(ALOG_CNT_CONN_EVENTS);
 }
 
-/* Create the state of a socket seen for the first time. */
-static __always_inline struct conn_state *new_state(const struct sock *sk, __u8 role, __u32 flags)
+/* Create the state of a socket seen for the first time (replacing any left by
+ * an earlier socket at the same address whose close went unseen). */
+static __always_inline struct conn_state *new_state(const struct sock *sk, __u64 cookie, __u8 role,
+						    __u32 flags)
 {
+	struct conn_state init = {};
+	__u64 k = (__u64)sk;
 	struct conn_state *st;
 
-	st = bpf_sk_storage_get(&conns, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
+	init.cookie = cookie;
+	init.role = role;
+	init.flags = flags;
+	if (!port_allowed(sk))
+		init.flags |= ALOG_F_IGNORED;
+	if (bpf_map_update_elem(&conns, &k, &init, BPF_ANY)) {
 		count(ALOG_CNT_STORAGE_FAIL);
 		return 0;
 	}
-	st->cookie = bpf_get_socket_cookie((void *)sk);
-	st->role = role;
-	st->flags = flags;
-	if (!port_allowed(sk))
-		st->flags |= ALOG_F_IGNORED;
+	st = bpf_map_lookup_elem(&conns, &k);
+	if (!st)
+		count(ALOG_CNT_STORAGE_FAIL);
 	return st;
+}
+
+/* A socket reached TCP_CLOSE: its final event, unless it was filtered out. */
+static __always_inline void close_conn(const struct sock *sk, struct conn_state *st, int oldstate,
+				       int newstate, __u64 now)
+{
+	if (st && (st->flags & ALOG_F_IGNORED))
+		return;
+	if (!st && (filter_pid || filter_cgroup || !port_allowed(sk)))
+		return;
+	if (st && !(st->flags & ALOG_F_ANNOUNCED) && (filter_pid || filter_cgroup)) {
+		/* Never used by a process we were asked to watch. */
+		if (!(st->flags & ALOG_F_OWNER_KNOWN) || !pid_allowed(st->tgid) ||
+		    !cgroup_allowed(st->cgroup_id))
+			return;
+	}
+	if (st && !(st->flags & ALOG_F_OWNER_KNOWN) && oldstate == TCP_ESTABLISHED) {
+		/* An abortive close() from an established state runs in process
+		 * context too; a reset received does not, so only a local reset
+		 * counts here. */
+		if (st->flags & ALOG_F_RST_SENT)
+			set_owner(st);
+	}
+	emit_conn(sk, st, st ? 0 : bpf_get_socket_cookie((void *)sk),
+		  oldstate == TCP_SYN_SENT ? ALOG_CONN_CONNECT_FAILED : ALOG_CONN_CLOSED, oldstate,
+		  newstate, now);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -425,7 +527,7 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 		/* connect(): process context, so the owner is the current task. */
 		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-		st = new_state(sk, ALOG_ROLE_CLIENT, 0);
+		st = new_state(sk, bpf_get_socket_cookie((void *)sk), ALOG_ROLE_CLIENT, 0);
 		if (!st)
 			return 0;
 		st->connect_start_ns = now;
@@ -439,22 +541,23 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 
 	if (newstate == TCP_ESTABLISHED) {
 		if (oldstate == TCP_SYN_SENT) {
-			st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+			st = conn_get(sk);
 			if (!st) {
 				/* connect() began before capture did. */
-				st = new_state(sk, ALOG_ROLE_CLIENT, ALOG_F_PREEXISTING);
+				st = new_state(sk, bpf_get_socket_cookie((void *)sk), ALOG_ROLE_CLIENT,
+					       ALOG_F_PREEXISTING);
 				if (!st)
 					return 0;
 			}
 			st->established_ns = now;
 			if (!(st->flags & ALOG_F_IGNORED)) {
 				st->flags |= ALOG_F_ANNOUNCED;
-				emit_conn(sk, st, ALOG_CONN_CONNECTED, oldstate, newstate, now);
+				emit_conn(sk, st, 0, ALOG_CONN_CONNECTED, oldstate, newstate, now);
 			}
 		} else if (oldstate == TCP_SYN_RECV) {
 			/* Softirq context: the owner is not known until the socket is
 			 * used, so it is announced then (see on_data). */
-			st = new_state(sk, ALOG_ROLE_SERVER, 0);
+			st = new_state(sk, bpf_get_socket_cookie((void *)sk), ALOG_ROLE_SERVER, 0);
 			if (!st)
 				return 0;
 			st->established_ns = now;
@@ -463,13 +566,14 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 	}
 
 	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK || newstate == TCP_CLOSE_WAIT) {
-		st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+		st = conn_get(sk);
 		if (!st) {
 			/* Open before capture and idle since: track it from here, so that
 			 * its close says who closed first. */
 			if (filter_pid || filter_cgroup)
 				return 0;
-			st = new_state(sk, ALOG_ROLE_UNKNOWN, ALOG_F_PREEXISTING);
+			st = new_state(sk, bpf_get_socket_cookie((void *)sk), ALOG_ROLE_UNKNOWN,
+				       ALOG_F_PREEXISTING);
 			if (!st)
 				return 0;
 		}
@@ -491,36 +595,27 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 	}
 
 	if (newstate == TCP_CLOSE) {
+		st = conn_get(sk);
 		if (oldstate == TCP_LISTEN || oldstate == TCP_SYN_RECV || oldstate == TCP_CLOSE ||
-		    oldstate == TCP_NEW_SYN_RECV)
+		    oldstate == TCP_NEW_SYN_RECV) {
+			if (st)
+				conn_forget(sk);
 			return 0;
-		st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+		}
 		if (st && (st->flags & ALOG_F_TLS)) {
 			/* The socket's counter comes home; its TLS entry is freed. */
 			st->seq = cur_seq(st);
 			bpf_map_delete_elem(&tls_socks, &st->cookie);
 		}
-		if (st && (st->flags & ALOG_F_IGNORED))
-			return 0;
-		if (!st && (filter_pid || filter_cgroup || !port_allowed(sk)))
-			return 0;
-		if (st && !(st->flags & ALOG_F_ANNOUNCED) && (filter_pid || filter_cgroup)) {
-			/* Never used by a process we were asked to watch. */
-			if (!(st->flags & ALOG_F_OWNER_KNOWN) || !pid_allowed(st->tgid) ||
-			    !cgroup_allowed(st->cgroup_id))
-				return 0;
+		close_conn(sk, st, oldstate, newstate, now);
+		if (st) {
+			if (BPF_CORE_READ(sk, sk_socket)) {
+				__u64 k = (__u64)sk;
+
+				bpf_map_update_elem(&closed_held, &k, st, BPF_ANY);
+			}
+			conn_forget(sk);
 		}
-		if (st && !(st->flags & ALOG_F_OWNER_KNOWN) && oldstate == TCP_ESTABLISHED) {
-			/* An abortive close() from an established state runs in
-			 * process context too; a reset received does not, so only
-			 * a local reset counts here. */
-			if (st->flags & ALOG_F_RST_SENT)
-				set_owner(st);
-		}
-		if (oldstate == TCP_SYN_SENT)
-			emit_conn(sk, st, ALOG_CONN_CONNECT_FAILED, oldstate, newstate, now);
-		else
-			emit_conn(sk, st, ALOG_CONN_CLOSED, oldstate, newstate, now);
 	}
 	return 0;
 }
@@ -532,7 +627,7 @@ int BPF_PROG(on_send_reset, const struct sock *sk)
 
 	if (!sk)
 		return 0;
-	st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+	st = conn_get(sk);
 	if (st)
 		st->flags |= ALOG_F_RST_SENT;
 	return 0;
@@ -545,7 +640,7 @@ int BPF_PROG(on_receive_reset, struct sock *sk)
 
 	if (!sk)
 		return 0;
-	st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+	st = conn_get(sk);
 	if (st)
 		st->flags |= ALOG_F_RST_RECV;
 	return 0;
@@ -745,7 +840,7 @@ static __always_inline void mark_tls(struct conn_state *st)
 		st->flags |= ALOG_F_TLS;
 }
 
-static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir)
+static __always_inline int on_data(const struct sock *sk, long ret, int flags, __u8 dir)
 {
 	struct alog_data_event *e;
 	struct conn_state *st;
@@ -776,9 +871,18 @@ static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir
 	}
 	now = bpf_ktime_get_ns();
 
-	st = bpf_sk_storage_get(&conns, sk, 0, 0);
-	if (!st) {
-		st = new_state(sk, ALOG_ROLE_UNKNOWN, ALOG_F_PREEXISTING);
+	st = conn_get(sk);
+	if (!st && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE) {
+		/* Read after close: the connection's record is written already. */
+		__u64 k = (__u64)sk;
+
+		st = bpf_map_lookup_elem(&closed_held, &k);
+		if (!st) {
+			count(ALOG_CNT_LATE_UNTRACKED);
+			return 0;
+		}
+	} else if (!st) {
+		st = new_state(sk, data_cookie(sk), ALOG_ROLE_UNKNOWN, ALOG_F_PREEXISTING);
 		if (!st)
 			return 0;
 	}
@@ -799,7 +903,7 @@ static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir
 		/* First use of an accepted socket, or of one open before capture. */
 		set_owner(st);
 		st->flags |= ALOG_F_ANNOUNCED;
-		emit_conn(sk, st,
+		emit_conn(sk, st, 0,
 			  (st->flags & ALOG_F_PREEXISTING) ? ALOG_CONN_DISCOVERED : ALOG_CONN_ACCEPTED,
 			  0, 0, now);
 	} else if (!(st->flags & ALOG_F_OWNER_KNOWN)) {
@@ -858,15 +962,28 @@ static __always_inline int on_data(struct sock *sk, int ret, int flags, __u8 dir
 	return 0;
 }
 
-/* Start of a TCP send: the first pass of tcp_sendmsg_locked's copy loop. It times
- * writes that block on a full send buffer (a slow reader) from their real start. */
-SEC("tp_btf/tcp_sendmsg_locked")
-int BPF_PROG(on_sendmsg_locked, const struct sock *sk)
+/* Start of a TCP send. It times writes that block on a full send buffer (a slow
+ * reader) from their real start. */
+static __always_inline void send_started(const struct sock *sk)
 {
-	struct conn_state *st = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
+	struct conn_state *st = conn_get(sk);
 
 	if (st && !st->send_start_ns && !(st->flags & ALOG_F_IGNORED))
 		st->send_start_ns = bpf_ktime_get_ns();
+}
+
+/* ---------------------------------------------------------------------------
+ * Data hooks, one rung each; user space loads the programs of the rung it
+ * chose for each hook (see src/capture/hooks.rs).
+ * ------------------------------------------------------------------------- */
+
+/* Rung "tracepoint": socket-layer tracepoints (Linux >= 6.3), where every socket
+ * send and receive reports its socket and byte count (sendfile and splice
+ * included from 6.5). */
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(on_sendmsg_locked, const struct sock *sk)
+{
+	send_started(sk);
 	return 0;
 }
 
@@ -880,6 +997,245 @@ SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 {
 	return on_data(sk, ret, flags, ALOG_DIR_INGRESS);
+}
+
+/* Rung "fentry": fexit on the functions those tracepoints sit behind, where BPF
+ * trampolines are allowed (not under lockdown). tcp_sendmsg has the socket and
+ * the byte count; receives are taken at inet_recvmsg / inet6_recvmsg, whose
+ * signature is the same on every kernel (tcp_recvmsg's is not). */
+SEC("fentry/tcp_sendmsg_locked")
+int BPF_PROG(fe_sendmsg_locked, struct sock *sk)
+{
+	send_started(sk);
+	return 0;
+}
+
+SEC("fexit/tcp_sendmsg")
+int BPF_PROG(fx_send, struct sock *sk, struct msghdr *msg, size_t size, int ret)
+{
+	return on_data(sk, ret, 0, ALOG_DIR_EGRESS);
+}
+
+/* sendfile() and splice() to a TCP socket before 6.5 (absent since). */
+SEC("fexit/tcp_sendpage")
+int BPF_PROG(fx_sendpage, struct sock *sk, struct page *page, int offset, size_t size, int flags,
+	     int ret)
+{
+	return on_data(sk, ret, 0, ALOG_DIR_EGRESS);
+}
+
+SEC("fexit/inet_recvmsg")
+int BPF_PROG(fx_recv, struct socket *sock, struct msghdr *msg, size_t size, int flags, int ret)
+{
+	return on_data(BPF_CORE_READ(sock, sk), ret, flags, ALOG_DIR_INGRESS);
+}
+
+SEC("fexit/inet6_recvmsg")
+int BPF_PROG(fx_recv6, struct socket *sock, struct msghdr *msg, size_t size, int flags, int ret)
+{
+	return on_data(BPF_CORE_READ(sock, sk), ret, flags, ALOG_DIR_INGRESS);
+}
+
+/* Rung "kprobe": the same functions through kprobes, where trampolines are
+ * refused but kprobes are not. The entry's socket (and receive flags) wait for
+ * the return in a per-thread slot. */
+struct kp_call {
+	__u64 sk;
+	__s32 flags;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct kp_call);
+} kp_calls SEC(".maps");
+
+static __always_inline void kp_enter(const void *sk, int flags)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct kp_call c = {};
+
+	if ((id >> 32) == self_tgid)
+		return;
+	c.sk = (__u64)sk;
+	c.flags = flags;
+	bpf_map_update_elem(&kp_calls, &id, &c, BPF_ANY);
+}
+
+static __always_inline int kp_return(long ret, __u8 dir)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct kp_call *c = bpf_map_lookup_elem(&kp_calls, &id);
+	const struct sock *sk;
+	int flags;
+
+	if (!c)
+		return 0;
+	sk = (const struct sock *)c->sk;
+	flags = c->flags;
+	bpf_map_delete_elem(&kp_calls, &id);
+	return on_data(sk, ret, flags, dir);
+}
+
+SEC("kprobe/tcp_sendmsg_locked")
+int BPF_KPROBE(kp_sendmsg_locked, struct sock *sk)
+{
+	send_started(sk);
+	return 0;
+}
+
+SEC("kprobe/tcp_sendmsg")
+int BPF_KPROBE(kp_send, struct sock *sk)
+{
+	kp_enter(sk, 0);
+	return 0;
+}
+
+SEC("kretprobe/tcp_sendmsg")
+int BPF_KRETPROBE(kr_send, int ret)
+{
+	return kp_return(ret, ALOG_DIR_EGRESS);
+}
+
+SEC("kprobe/tcp_sendpage")
+int BPF_KPROBE(kp_sendpage, struct sock *sk)
+{
+	kp_enter(sk, 0);
+	return 0;
+}
+
+SEC("kretprobe/tcp_sendpage")
+int BPF_KRETPROBE(kr_sendpage, int ret)
+{
+	return kp_return(ret, ALOG_DIR_EGRESS);
+}
+
+SEC("kprobe/inet_recvmsg")
+int BPF_KPROBE(kp_recv, struct socket *sock, struct msghdr *msg, size_t size, int flags)
+{
+	kp_enter(BPF_CORE_READ(sock, sk), flags);
+	return 0;
+}
+
+SEC("kretprobe/inet_recvmsg")
+int BPF_KRETPROBE(kr_recv, int ret)
+{
+	return kp_return(ret, ALOG_DIR_INGRESS);
+}
+
+SEC("kprobe/inet6_recvmsg")
+int BPF_KPROBE(kp_recv6, struct socket *sock, struct msghdr *msg, size_t size, int flags)
+{
+	kp_enter(BPF_CORE_READ(sock, sk), flags);
+	return 0;
+}
+
+SEC("kretprobe/inet6_recvmsg")
+int BPF_KRETPROBE(kr_recv6, int ret)
+{
+	return kp_return(ret, ALOG_DIR_INGRESS);
+}
+
+/* Rung "syscall": the raw syscall exit tracepoint, where nothing above is
+ * allowed (a locked-down kernel without kprobes and without the socket
+ * tracepoints). Every syscall on the node passes here, so the calls that do
+ * not move socket bytes leave at the first test. The socket comes from the
+ * fd through the task's file table. Not seen on this rung: sendmmsg/recvmmsg
+ * (their return value counts messages, not bytes) and 32-bit syscalls. */
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+static __always_inline const struct sock *fd_sock(long fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt;
+	struct file **fds;
+	struct file *f = 0;
+	struct socket *so;
+	unsigned int max;
+
+	if (fd < 0 || fd > 0x7fffffff)
+		return 0;
+	fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt)
+		return 0;
+	max = BPF_CORE_READ(fdt, max_fds);
+	if ((unsigned long)fd >= max)
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (!fds || bpf_probe_read_kernel(&f, sizeof(f), fds + fd) || !f)
+		return 0;
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	so = BPF_CORE_READ(f, private_data);
+	if (!so)
+		return 0;
+	return BPF_CORE_READ(so, sk);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sc_exit, struct pt_regs *regs, long ret)
+{
+	long nr, fd, flags = 0;
+	const struct sock *sk;
+	__u8 dir;
+
+	if (ret <= 0)
+		return 0;
+#if defined(__TARGET_ARCH_x86)
+	nr = regs->orig_ax;
+	fd = regs->di;
+	switch (nr) {
+	case NR_WRITE:
+	case NR_WRITEV:
+	case NR_SENDTO:
+	case NR_SENDMSG:
+	case NR_PWRITEV2:
+	case NR_SENDFILE:
+		if (!sc_send)
+			return 0;
+		dir = ALOG_DIR_EGRESS;
+		break;
+	case NR_READ:
+	case NR_READV:
+	case NR_PREADV2:
+		if (!sc_recv)
+			return 0;
+		dir = ALOG_DIR_INGRESS;
+		break;
+	case NR_RECVFROM:
+		if (!sc_recv)
+			return 0;
+		dir = ALOG_DIR_INGRESS;
+		flags = regs->r10;
+		break;
+	case NR_RECVMSG:
+		if (!sc_recv)
+			return 0;
+		dir = ALOG_DIR_INGRESS;
+		flags = regs->dx;
+		break;
+	case NR_SPLICE:
+		/* splice(fd_in, off_in, fd_out, off_out, len, flags): the socket end. */
+		sk = sc_send ? fd_sock(regs->dx) : 0;
+		if (sk)
+			return on_data(sk, ret, 0, ALOG_DIR_EGRESS);
+		sk = sc_recv ? fd_sock(regs->di) : 0;
+		if (sk)
+			return on_data(sk, ret, 0, ALOG_DIR_INGRESS);
+		return 0;
+	default:
+		return 0;
+	}
+	sk = fd_sock(fd);
+	if (!sk)
+		return 0;
+	return on_data(sk, ret, flags, dir);
+#else
+	return 0;
+#endif
 }
 
 /* ---------------------------------------------------------------------------

@@ -113,6 +113,7 @@ enum alog_counter {
 	ALOG_CNT_TLS_UNATTRIBUTED = 10, /* TLS plaintext whose socket could not be found: dropped */
 	ALOG_CNT_TLS_PLAINTEXT = 11,   /* TLS plaintext events written (also in DATA_EVENTS) */
 	ALOG_CNT_DROP_EXEC = 12,       /* exec notifications lost: ring buffer full */
+	ALOG_CNT_LATE_UNTRACKED = 13,  /* data read after TCP_CLOSE of an untracked socket: dropped */
 	ALOG_CNT_MAX = 16,
 };
 

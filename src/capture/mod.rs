@@ -5,6 +5,7 @@
 
 pub mod debug;
 pub mod event;
+pub mod hooks;
 pub mod tls;
 
 use std::cell::RefCell;
@@ -12,8 +13,10 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
+
+pub use hooks::{Hook, HookMode, Rung};
 
 pub use event::{
     comm_str, ConnEvent, ConnKind, DataEvent, DecodeError, Event, ExecEvent, Record, Syscall,
@@ -50,6 +53,11 @@ pub struct CaptureConfig {
     pub cgroups: Vec<u64>,
     /// Only connections with one of these ports at either end, if not empty.
     pub ports: Vec<u16>,
+    /// How the data hooks are chosen (see `hooks`).
+    pub hooks: HookMode,
+    /// Sockets the kernel side tracks at once; beyond it new ones are counted in
+    /// `storage_fail` and not followed.
+    pub max_sockets: u32,
 }
 
 impl Default for CaptureConfig {
@@ -60,6 +68,8 @@ impl Default for CaptureConfig {
             pids: Vec::new(),
             cgroups: Vec::new(),
             ports: Vec::new(),
+            hooks: HookMode::Auto,
+            max_sockets: 1 << 20,
         }
     }
 }
@@ -69,9 +79,9 @@ impl Default for CaptureConfig {
 pub enum CaptureError {
     #[error("not permitted to load BPF programs: run as root (or with CAP_BPF and CAP_PERFMON)")]
     NotPermitted,
-    #[error("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): a kernel >= 5.8 built with CONFIG_DEBUG_INFO_BTF=y is required")]
+    #[error("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): a kernel >= 5.15 built with CONFIG_DEBUG_INFO_BTF=y is required")]
     NoBtf,
-    #[error("the kernel refused {what}: {source} (kernel >= 5.8 with BTF is required; run `k8s-alog doctor`)")]
+    #[error("the kernel refused {what}: {source} (kernel >= 5.15 with BTF is required; run `k8s-alog doctor`)")]
     Refused {
         what: String,
         #[source]
@@ -79,6 +89,8 @@ pub enum CaptureError {
     },
     #[error("invalid capture setting: {0}")]
     Config(String),
+    #[error("{0} (run `k8s-alog doctor`)")]
+    NoHook(String),
 }
 
 impl CaptureError {
@@ -114,6 +126,12 @@ pub struct KernelCounters {
     pub tls_plaintext: u64,
     /// TLS plaintext whose socket could not be found: counted, event dropped.
     pub tls_unattributed: u64,
+    /// Exec notifications lost (ring buffer full): a new binary's TLS code may go unprobed.
+    #[serde(default)]
+    pub drop_exec_ringbuf: u64,
+    /// Bytes read after a socket closed whose state was no longer held: not recorded.
+    #[serde(default)]
+    pub late_untracked: u64,
 }
 
 /// Receives everything capture produces, on the polling thread.
@@ -130,6 +148,7 @@ pub trait EventHandler {
 pub struct Capture {
     skel: AlogSkel<'static>,
     _links: Vec<Link>,
+    plan: hooks::Plan,
     attached_at: Instant,
     /// TLS probes (None when disabled with K8S_ALOG_TLS=0).
     tls: RefCell<Option<tls::TlsProbes>>,
@@ -178,69 +197,65 @@ impl Capture {
             )));
         }
         bump_memlock();
-        // The skeleton borrows its object storage for as long as it lives; capture lives
-        // for the whole process, so the storage is leaked once.
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = AlogSkelBuilder::default()
-            .open(storage)
-            .map_err(|e| CaptureError::refused("opening the BPF object", e))?;
-        {
-            let ro = open
-                .maps
-                .rodata_data
-                .as_deref_mut()
-                .ok_or_else(|| CaptureError::Config("BPF object has no rodata".into()))?;
-            ro.self_tgid = std::process::id();
-            ro.capture_bytes = cfg.capture_bytes;
-            // Wake the reader early once a quarter of the ring is in use; otherwise it
-            // drains on its own short timer and the kernel never pays for a wake-up.
-            ro.wakeup_bytes = u64::from(cfg.ring_bytes / 4);
-            ro.filter_pid = !cfg.pids.is_empty();
-            ro.filter_cgroup = !cfg.cgroups.is_empty();
-            ro.filter_port = !cfg.ports.is_empty();
-        }
-        open.maps
-            .events
-            .set_max_entries(cfg.ring_bytes)
-            .map_err(|e| CaptureError::refused("sizing the ring buffer", e))?;
-        let skel = open
-            .load()
-            .map_err(|e| CaptureError::refused("loading the BPF programs", e))?;
-        let one = [1u8];
-        for pid in &cfg.pids {
-            skel.maps
-                .pid_filter
-                .update(&pid.to_ne_bytes(), &one, MapFlags::ANY)
-                .map_err(|e| CaptureError::refused("the pid filter", e))?;
-        }
-        for cg in &cfg.cgroups {
-            skel.maps
-                .cgroup_filter
-                .update(&cg.to_ne_bytes(), &one, MapFlags::ANY)
-                .map_err(|e| CaptureError::refused("the cgroup filter", e))?;
-        }
-        for port in &cfg.ports {
-            skel.maps
-                .port_filter
-                .update(&port.to_ne_bytes(), &one, MapFlags::ANY)
-                .map_err(|e| CaptureError::refused("the port filter", e))?;
-        }
-        let mut links = Vec::new();
-        // Lifecycle first, so that no connection's data arrives before its opening.
-        let progs = [
-            ("tp_btf/inet_sock_set_state", &skel.progs.on_state),
-            ("tp_btf/tcp_send_reset", &skel.progs.on_send_reset),
-            ("tp_btf/tcp_receive_reset", &skel.progs.on_receive_reset),
-            ("tp_btf/tcp_sendmsg_locked", &skel.progs.on_sendmsg_locked),
-            ("tp_btf/sock_send_length", &skel.progs.on_send),
-            ("tp_btf/sock_recv_length", &skel.progs.on_recv),
-        ];
-        for (name, prog) in progs {
-            let link = prog
-                .attach()
-                .map_err(|e| CaptureError::refused(format!("attaching {name}"), e))?;
-            links.push(link);
+        let kernel = KernelBtf::open();
+        let mut refused = hooks::Refusals::default();
+        let mut skipped: Vec<String> = Vec::new();
+        // Each round loads the programs of the current plan; a program the kernel refuses
+        // (at load or attach) takes its rung off the ladder for its hooks, and the next
+        // round climbs down. Four rungs and three hooks bound the rounds.
+        let mut round = 0;
+        let (skel, mut links, plan) = loop {
+            round += 1;
+            let plan = hooks::plan(&kernel, cfg.hooks, &refused).map_err(CaptureError::NoHook)?;
+            match load_and_attach(cfg, &kernel, &plan, &skipped) {
+                Ok((skel, links)) => break (skel, links, plan),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Refused {
+                    blamed,
+                    why,
+                    source,
+                    whole_rung,
+                }) => {
+                    let mut any = false;
+                    if whole_rung {
+                        if let Some((_, r)) = blamed.iter().flat_map(|p| plan.hooks_of(p)).next() {
+                            for h in Hook::ALL {
+                                refused.add(h, r, why.clone());
+                            }
+                            any = true;
+                        }
+                    }
+                    for prog in &blamed {
+                        let optional = plan
+                            .programs()
+                            .iter()
+                            .any(|(_, _, q)| q.name == prog && q.optional);
+                        if optional && !skipped.contains(prog) {
+                            // An extra of its rung (tcp_sendpage): the rung stands without it.
+                            tracing::info!("{prog} left out: {why}");
+                            skipped.push(prog.clone());
+                            any = true;
+                            continue;
+                        }
+                        for (h, r) in plan.hooks_of(prog) {
+                            tracing::debug!("{} hook: {r} refused: {why}", h.as_str());
+                            refused.add(h, r, why.clone());
+                            any = true;
+                        }
+                    }
+                    if !any || round > 12 {
+                        return Err(source);
+                    }
+                }
+            }
+        };
+        for h in Hook::ALL {
+            let c = plan.get(h);
+            if c.passed_over.is_empty() {
+                tracing::debug!("{} hook: {}", h.as_str(), c.describe());
+            } else {
+                tracing::info!("{} hook: {}", h.as_str(), c.describe());
+            }
         }
         let mut debug_log = debug::DebugLog::from_env();
         let mut tls_probes = None;
@@ -270,11 +285,17 @@ impl Capture {
         Ok(Self {
             skel,
             _links: links,
+            plan,
             attached_at: Instant::now(),
             tls: RefCell::new(tls_probes),
             tls_stats,
             debug: RefCell::new(debug_log),
         })
+    }
+
+    /// The rung each data hook runs on, and why.
+    pub fn hook_plan(&self) -> &hooks::Plan {
+        &self.plan
     }
 
     /// TLS probe attachment counters now.
@@ -399,7 +420,259 @@ fn read_counters(skel: &AlogSkel<'_>) -> KernelCounters {
         wakeups: get(C::ALOG_CNT_WAKEUPS),
         tls_plaintext: get(C::ALOG_CNT_TLS_PLAINTEXT),
         tls_unattributed: get(C::ALOG_CNT_TLS_UNATTRIBUTED),
+        drop_exec_ringbuf: get(C::ALOG_CNT_DROP_EXEC),
+        late_untracked: get(C::ALOG_CNT_LATE_UNTRACKED),
     }
+}
+
+/// Why one round of loading did not give a running capture.
+enum Attempt {
+    /// Nothing another rung could change (privilege, settings, a core program).
+    Fatal(CaptureError),
+    /// Rung programs were refused: these, for this reason.
+    Refused {
+        blamed: Vec<String>,
+        why: String,
+        source: CaptureError,
+        /// Not permitted at all (lockdown refusing trampolines): the rung is gone for
+        /// every hook, not only for the blamed programs'.
+        whole_rung: bool,
+    },
+}
+
+/// The kernel's BTF, asked which tracepoints and functions exist.
+struct KernelBtf {
+    btf: Option<libbpf_rs::btf::Btf<'static>>,
+}
+
+impl KernelBtf {
+    fn open() -> Self {
+        let btf = match libbpf_rs::btf::Btf::from_vmlinux() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!("cannot read the kernel's BTF ({e}): every hook will be tried");
+                None
+            }
+        };
+        Self { btf }
+    }
+}
+
+impl hooks::KernelHas for KernelBtf {
+    fn tracepoint(&self, name: &str) -> bool {
+        use libbpf_rs::btf::types::Typedef;
+        self.btf.as_ref().is_none_or(|b| {
+            b.type_by_name::<Typedef<'_>>(&format!("btf_trace_{name}"))
+                .is_some()
+        })
+    }
+
+    fn function(&self, name: &str) -> bool {
+        use libbpf_rs::btf::types::Func;
+        self.btf
+            .as_ref()
+            .is_none_or(|b| b.type_by_name::<Func<'_>>(name).is_some())
+    }
+}
+
+/// libbpf's messages during one load, to learn which program the kernel refused.
+static LOAD_LOG: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+type PrintFn = Option<(libbpf_rs::PrintLevel, libbpf_rs::PrintCallback)>;
+static PREVIOUS_PRINT: std::sync::Mutex<PrintFn> = std::sync::Mutex::new(None);
+
+fn collecting_print(level: libbpf_rs::PrintLevel, msg: String) {
+    if let Ok(mut log) = LOAD_LOG.lock() {
+        if log.len() < 10_000 {
+            log.push(msg.clone());
+        }
+    }
+    if let Ok(prev) = PREVIOUS_PRINT.lock() {
+        if let Some((_, f)) = *prev {
+            f(level, msg);
+        }
+    }
+}
+
+/// Run `f` with libbpf's messages collected; returns them with f's result.
+fn with_libbpf_log<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    if let Ok(mut log) = LOAD_LOG.lock() {
+        log.clear();
+    }
+    let prev = libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, collecting_print)));
+    if let Ok(mut p) = PREVIOUS_PRINT.lock() {
+        *p = prev;
+    }
+    let out = f();
+    let prev = PREVIOUS_PRINT.lock().ok().and_then(|mut p| p.take());
+    libbpf_rs::set_print(prev);
+    let log = LOAD_LOG
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default();
+    (out, log)
+}
+
+/// The lines of a verifier or libbpf log worth showing for a refused program.
+fn refusal_reason(log: &[String], prog: &str, err: &libbpf_rs::Error) -> String {
+    let key = format!("prog '{prog}'");
+    let line = log
+        .iter()
+        .filter(|l| l.contains(&key) && l.contains("fail"))
+        .map(|l| l.trim().trim_start_matches("libbpf: ").to_string())
+        .find(|l| !l.contains("BEGIN PROG LOAD LOG") && !l.contains("END PROG LOAD LOG"));
+    match line {
+        Some(l) => l,
+        None => err.to_string(),
+    }
+}
+
+/// One round: open the object, keep the core and the plan's programs, load, attach.
+fn load_and_attach(
+    cfg: &CaptureConfig,
+    kernel: &KernelBtf,
+    plan: &hooks::Plan,
+    skipped: &[String],
+) -> Result<(AlogSkel<'static>, Vec<Link>), Attempt> {
+    let fatal = Attempt::Fatal;
+    // The skeleton borrows its object storage for as long as it lives; capture lives
+    // for the whole process, so the storage is leaked once per round (a few rounds at most).
+    let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let mut open = AlogSkelBuilder::default()
+        .open(storage)
+        .map_err(|e| fatal(CaptureError::refused("opening the BPF object", e)))?;
+    let wanted = plan.programs();
+    let on = |h: Hook| plan.get(h).rung == Some(Rung::Syscall);
+    {
+        let ro = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| fatal(CaptureError::Config("BPF object has no rodata".into())))?;
+        ro.self_tgid = std::process::id();
+        ro.capture_bytes = cfg.capture_bytes;
+        // Wake the reader early once a quarter of the ring is in use; otherwise it
+        // drains on its own short timer and the kernel never pays for a wake-up.
+        ro.wakeup_bytes = u64::from(cfg.ring_bytes / 4);
+        ro.filter_pid = !cfg.pids.is_empty();
+        ro.filter_cgroup = !cfg.cgroups.is_empty();
+        ro.filter_port = !cfg.ports.is_empty();
+        ro.sc_send = on(Hook::Send);
+        ro.sc_recv = on(Hook::Recv);
+    }
+    open.maps
+        .events
+        .set_max_entries(cfg.ring_bytes)
+        .map_err(|e| fatal(CaptureError::refused("sizing the ring buffer", e)))?;
+    open.maps
+        .conns
+        .set_max_entries(cfg.max_sockets.max(1024))
+        .map_err(|e| fatal(CaptureError::refused("sizing the socket table", e)))?;
+    let rung_progs = hooks::all_rung_programs();
+    for mut p in open.open_object_mut().progs_mut() {
+        let name = p.name().to_string_lossy().into_owned();
+        if !rung_progs.contains(name.as_str()) {
+            continue;
+        }
+        let load = !skipped.contains(&name)
+            && wanted.iter().any(|(_, _, q)| {
+                q.name == name && (!q.optional || hooks::target_present(kernel, q))
+            });
+        p.set_autoload(load);
+    }
+    let (loaded, log) = with_libbpf_log(|| open.load());
+    let skel = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            let blamed: Vec<String> = hooks::blamed_programs(&log)
+                .into_iter()
+                .filter(|p| rung_progs.contains(p.as_str()))
+                .collect();
+            let why = match blamed.first() {
+                Some(p) => format!("refused at load: {}", refusal_reason(&log, p, &e)),
+                None => e.to_string(),
+            };
+            let source = CaptureError::refused("loading the BPF programs", e);
+            if blamed.is_empty() || matches!(source, CaptureError::NotPermitted) {
+                return Err(fatal(source));
+            }
+            let whole_rung = matches!(
+                &source,
+                CaptureError::Refused { source, .. }
+                    if source.kind() == libbpf_rs::ErrorKind::PermissionDenied
+            );
+            return Err(Attempt::Refused {
+                blamed,
+                why,
+                source,
+                whole_rung,
+            });
+        }
+    };
+    let one = [1u8];
+    for pid in &cfg.pids {
+        skel.maps
+            .pid_filter
+            .update(&pid.to_ne_bytes(), &one, MapFlags::ANY)
+            .map_err(|e| fatal(CaptureError::refused("the pid filter", e)))?;
+    }
+    for cg in &cfg.cgroups {
+        skel.maps
+            .cgroup_filter
+            .update(&cg.to_ne_bytes(), &one, MapFlags::ANY)
+            .map_err(|e| fatal(CaptureError::refused("the cgroup filter", e)))?;
+    }
+    for port in &cfg.ports {
+        skel.maps
+            .port_filter
+            .update(&port.to_ne_bytes(), &one, MapFlags::ANY)
+            .map_err(|e| fatal(CaptureError::refused("the port filter", e)))?;
+    }
+    let mut links = Vec::new();
+    // Lifecycle first, so that no connection's data arrives before its opening.
+    let core = [
+        ("tp_btf/inet_sock_set_state", &skel.progs.on_state),
+        ("tp_btf/tcp_send_reset", &skel.progs.on_send_reset),
+        ("tp_btf/tcp_receive_reset", &skel.progs.on_receive_reset),
+    ];
+    for (name, prog) in core {
+        let link = prog
+            .attach()
+            .map_err(|e| fatal(CaptureError::refused(format!("attaching {name}"), e)))?;
+        links.push(link);
+    }
+    // Start-of-send hooks before the data hooks, sends before receives.
+    let mut order = wanted.clone();
+    order.sort_by_key(|(h, _, _)| match h {
+        Hook::SendStart => 0,
+        Hook::Send => 1,
+        Hook::Recv => 2,
+    });
+    for (_, _, q) in order {
+        let Some(p) = skel
+            .object()
+            .progs_mut()
+            .find(|p| p.name().to_string_lossy() == q.name)
+        else {
+            continue;
+        };
+        if !p.autoload() {
+            continue;
+        }
+        match p.attach() {
+            Ok(l) => links.push(l),
+            Err(e) => {
+                let why = format!("attach failed: {e}");
+                let source = CaptureError::refused(format!("attaching {}", q.name), e);
+                return Err(Attempt::Refused {
+                    blamed: vec![q.name.to_string()],
+                    why,
+                    source,
+                    whole_rung: false,
+                });
+            }
+        }
+    }
+    Ok((skel, links))
 }
 
 /// Raise RLIMIT_MEMLOCK for kernels that still charge BPF maps against it (< 5.11).

@@ -24,6 +24,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
         api_server: k.api_server.clone(),
         oap: args.oap.clone(),
         skip_bpf: false,
+        hooks: args.hooks,
         timeout: Duration::from_secs_f64(args.timeout),
     };
     let facts = gather::gather(&inputs);

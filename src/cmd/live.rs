@@ -33,7 +33,23 @@ pub fn capture_config(a: &CaptureArgs) -> anyhow::Result<CaptureConfig> {
         pids: a.pids.clone(),
         cgroups: a.cgroups.clone(),
         ports: a.ports.clone(),
+        hooks: a.hooks,
+        // Kernel-side socket state: both ends of local connections and idle sockets count,
+        // so room for several per tracked connection (allocated as used, not up front).
+        max_sockets: u32::try_from(a.max_connections.saturating_mul(4))
+            .unwrap_or(u32::MAX)
+            .clamp(1 << 16, 1 << 22),
     })
+}
+
+/// The rung of each data hook, as the statistics records name them.
+pub fn hook_rungs(plan: &capture::hooks::Plan) -> crate::model::HookRungs {
+    let name = |h: capture::Hook| plan.get(h).rung.map(|r| r.as_str().to_string());
+    crate::model::HookRungs {
+        send: name(capture::Hook::Send),
+        recv: name(capture::Hook::Recv),
+        send_start: name(capture::Hook::SendStart),
+    }
 }
 
 /// Who the ends of records are: Kubernetes metadata from whatever the node offers, or
@@ -204,6 +220,7 @@ pub fn run_until(
         last_stats_ns: now,
         last_counters: KernelCounters::default(),
     };
+    pump.engine.set_hooks(hook_rungs(cap.hook_plan()));
     let tick = Duration::from_millis(if opts.stats_interval > 0.0 && opts.stats_interval < 0.5 {
         100
     } else {

@@ -28,6 +28,8 @@ pub struct Inputs {
     pub oap: Vec<String>,
     /// Skip the BPF probes (e.g. when only the node's files are of interest).
     pub skip_bpf: bool,
+    /// How the capture programs' hooks are chosen.
+    pub hooks: crate::capture::HookMode,
     /// Bound on each network check (CRI, API, OAP).
     pub timeout: Duration,
 }
@@ -173,7 +175,9 @@ pub fn gather(inp: &Inputs) -> Facts {
     };
     if !inp.skip_bpf {
         f.probes = probe::run_all();
-        f.capture = Some(probe::capture_programs());
+        let (capture, hooks) = probe::capture_programs(inp.hooks);
+        f.capture = Some(capture);
+        f.hooks = hooks;
     }
     if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
         f.cgroup2 = cgroup2_mount(&mi, root);

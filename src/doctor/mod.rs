@@ -86,8 +86,9 @@ impl ProbeKind {
             ProbeKind::TpBtf => Some("the capture core (connections, payload)"),
             ProbeKind::RingBuffer => Some("every event to user space"),
             ProbeKind::Uprobe => Some("TLS plaintext (OpenSSL, Go)"),
+            ProbeKind::Fentry => Some("data hooks where the socket tracepoints are missing"),
+            ProbeKind::Kprobe => Some("data hooks where tracepoints and fentry are not to be had"),
             ProbeKind::Tracepoint | ProbeKind::RawTracepoint => None,
-            ProbeKind::Fentry | ProbeKind::Kprobe => None,
         }
     }
 }
@@ -260,6 +261,32 @@ pub fn is_mounted(mountinfo: &str, point: &str, fstype: &str) -> bool {
     })
 }
 
+/// The hook rung capture chose for one of its data hooks, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HookFact {
+    /// "send", "recv", "send_start".
+    pub hook: String,
+    /// "tracepoint", "fentry", "kprobe", "syscall"; None: not hooked here.
+    pub rung: Option<String>,
+    /// Cheaper rungs passed over, each with its reason.
+    pub passed_over: Vec<String>,
+}
+
+impl Facts {
+    /// "send: tracepoint, recv: tracepoint, send_start: fentry".
+    pub fn hooks_summary(&self) -> String {
+        self.hooks
+            .iter()
+            .map(|h| format!("{}: {}", h.hook, h.rung.as_deref().unwrap_or("none")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn rung_used(&self, rung: &str) -> bool {
+        self.hooks.iter().any(|h| h.rung.as_deref() == Some(rung))
+    }
+}
+
 /// Everything doctor found out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Facts {
@@ -275,6 +302,8 @@ pub struct Facts {
     pub probes: Vec<(ProbeKind, ProbeResult)>,
     /// The real capture programs, loaded and attached (not polled).
     pub capture: Option<ProbeResult>,
+    /// The rung each data hook runs on (when the capture programs loaded).
+    pub hooks: Vec<HookFact>,
     pub cgroup2: Option<PathBuf>,
     /// A kubepods cgroup exists below the cgroup v2 mount.
     pub kubepods_cgroup: bool,
@@ -379,7 +408,7 @@ pub fn verdict(f: &Facts) -> Verdict {
         let (c, why) = if f.btf_bytes.is_none() {
             (
                 exit::NO_BTF,
-                "no BTF (/sys/kernel/btf/vmlinux): a kernel >= 5.8 built with CONFIG_DEBUG_INFO_BTF=y is needed".to_string(),
+                "no BTF (/sys/kernel/btf/vmlinux): a kernel >= 5.15 built with CONFIG_DEBUG_INFO_BTF=y is needed".to_string(),
             )
         } else if !privileged {
             (
@@ -392,13 +421,13 @@ pub fn verdict(f: &Facts) -> Verdict {
                 Some(r) => explain(ProbeKind::TpBtf, r, f.lockdown.as_deref()),
                 None => "tp_btf or ring buffer unavailable".into(),
             };
-            let old = kernel_version(&f.kernel_release).is_some_and(|v| v < (5, 8));
+            let old = kernel_version(&f.kernel_release).is_some_and(|v| v < (5, 15));
             (
                 exit::REFUSED,
                 format!(
                     "the kernel refused the capture programs ({detail}){}",
                     if old {
-                        "; this kernel is older than 5.8"
+                        "; this kernel is older than 5.15"
                     } else {
                         ""
                     }
@@ -408,9 +437,20 @@ pub fn verdict(f: &Facts) -> Verdict {
         code = c;
         blocks.push(why);
     } else {
-        works.push(
-            "capture: every TCP connection and HTTP/1, HTTP/2, gRPC exchange (tp_btf socket hooks, ring buffer)".into(),
-        );
+        let hooks = if f.hooks.is_empty() {
+            "socket hooks".to_string()
+        } else {
+            format!("hooks {}", f.hooks_summary())
+        };
+        works.push(format!(
+            "capture: every TCP connection and HTTP/1, HTTP/2, gRPC exchange ({hooks}; ring buffer)"
+        ));
+        if f.hooks
+            .iter()
+            .any(|h| h.hook == "send_start" && h.rung.is_none())
+        {
+            degrades.push("the start of a send is not hooked here: a request's duration begins when its write returns, not when it began (writes blocked on a slow reader look shorter)".into());
+        }
         if f.probe_works(ProbeKind::Uprobe) {
             works.push("TLS plaintext from OpenSSL and Go (uprobes)".into());
         } else {
@@ -422,12 +462,12 @@ pub fn verdict(f: &Facts) -> Verdict {
     }
     let unused: Vec<&str> = [ProbeKind::Fentry, ProbeKind::Kprobe]
         .iter()
-        .filter(|k| !f.probe_works(**k))
+        .filter(|k| !f.probe_works(**k) && !f.rung_used(k.name()))
         .map(|k| k.name())
         .collect();
     if !unused.is_empty() && core_ok {
         works.push(format!(
-            "{} unavailable here: not needed, k8s-alog does not use them",
+            "{} unavailable here: not needed, other hooks carry capture",
             unused.join(" and ")
         ));
     }
@@ -572,7 +612,7 @@ pub fn rows(f: &Facts) -> Vec<Row> {
     let mut out = Vec::new();
     let kv = kernel_version(&f.kernel_release);
     let kstatus = match kv {
-        Some(v) if v >= (5, 8) => "ok",
+        Some(v) if v >= (5, 15) => "ok",
         Some(_) => "too old",
         None => "unknown",
     };
@@ -580,7 +620,7 @@ pub fn rows(f: &Facts) -> Vec<Row> {
         "kernel",
         "version",
         kstatus,
-        format!("{} {} (needs >= 5.8)", f.kernel_release, f.machine),
+        format!("{} {} (needs >= 5.15)", f.kernel_release, f.machine),
     ));
     out.push(match f.btf_bytes {
         Some(n) => row(
@@ -667,6 +707,19 @@ pub fn rows(f: &Facts) -> Vec<Row> {
             other => explain(ProbeKind::TpBtf, other, f.lockdown.as_deref()),
         };
         out.push(row("bpf", "capture programs", status, detail));
+    }
+    for h in &f.hooks {
+        let detail = if h.passed_over.is_empty() {
+            "the cheapest rung".to_string()
+        } else {
+            format!("passed over: {}", h.passed_over.join("; "))
+        };
+        out.push(row(
+            "hooks",
+            &h.hook,
+            h.rung.as_deref().unwrap_or("none"),
+            detail,
+        ));
     }
     out.push(match &f.cgroup2 {
         Some(p) => row(
@@ -966,7 +1019,7 @@ mod tests {
         f.kernel_release = "5.4.0-150-generic".into();
         let v = verdict(&f);
         assert_eq!(v.exit_code, exit::REFUSED);
-        assert!(v.blocks[0].contains("older than 5.8"), "{:?}", v.blocks);
+        assert!(v.blocks[0].contains("older than 5.15"), "{:?}", v.blocks);
         assert_eq!(v.headline, "capture cannot run");
     }
 

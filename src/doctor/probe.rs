@@ -12,8 +12,8 @@ use std::time::Duration;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject, RingBufferBuilder};
 
-use super::{FailKind, ProbeKind, ProbeResult};
-use crate::capture::{Capture, CaptureConfig, CaptureError};
+use super::{FailKind, HookFact, ProbeKind, ProbeResult};
+use crate::capture::{Capture, CaptureConfig, CaptureError, Hook, HookMode};
 
 mod skel {
     //! The generated skeleton of src/bpf/probe.bpf.c (see build.rs).
@@ -239,16 +239,30 @@ pub fn run_all() -> Vec<(ProbeKind, ProbeResult)> {
 }
 
 /// Load and attach k8s-alog's real capture programs (TLS probes off, a small ring),
-/// then detach them. No event is read.
-pub fn capture_programs() -> ProbeResult {
+/// then detach them. No event is read. With them, the rung each data hook landed on and
+/// why the cheaper ones were passed over (`hooks` names, in order).
+pub fn capture_programs(mode: HookMode) -> (ProbeResult, Vec<HookFact>) {
     let cfg = CaptureConfig {
         ring_bytes: 1 << 16,
+        hooks: mode,
         ..CaptureConfig::default()
     };
-    match Capture::start_without_tls(&cfg) {
+    let r = match Capture::start_without_tls(&cfg) {
         Ok(c) => {
+            let plan = c.hook_plan().clone();
             drop(c);
-            ProbeResult::Works
+            let facts = Hook::ALL
+                .into_iter()
+                .map(|h| {
+                    let ch = plan.get(h);
+                    HookFact {
+                        hook: h.as_str().to_string(),
+                        rung: ch.rung.map(|r| r.as_str().to_string()),
+                        passed_over: ch.passed_over.clone(),
+                    }
+                })
+                .collect();
+            return (ProbeResult::Works, facts);
         }
         Err(CaptureError::NotPermitted) => ProbeResult::LoadRefused {
             kind: FailKind::PermissionDenied,
@@ -267,5 +281,10 @@ pub fn capture_programs() -> ProbeResult {
             }
         }
         Err(CaptureError::Config(e)) => ProbeResult::NotTried { why: e },
-    }
+        Err(CaptureError::NoHook(e)) => ProbeResult::LoadRefused {
+            kind: FailKind::Other,
+            error: e,
+        },
+    };
+    (r, Vec::new())
 }

@@ -104,6 +104,7 @@ mod tests {
             lost: LossCounters::default(),
             attribution: None,
             tls_not_visible: Vec::new(),
+            hooks: None,
         });
         s.write(&rec).unwrap();
         s.write(&rec).unwrap();

@@ -38,6 +38,8 @@ pub struct Header {
     pub other_losses: u64,
     pub unresolved: u64,
     pub tls_not_visible: Vec<String>,
+    /// The kernel hooks capture runs on ("tracepoint", or per hook when they differ).
+    pub hooks: Option<String>,
     pub evicted: u64,
     pub connections_open: u64,
     /// Kernel events (data + connection) per second, from the last two statistics.
@@ -272,6 +274,7 @@ pub fn header(st: &State, out: &Outside) -> Header {
         h.other_losses = s.lost.total() - h.ring_drops;
         h.unresolved = s.attribution.as_ref().map_or(0, |a| a.unresolved_remotes);
         h.tls_not_visible = s.tls_not_visible.clone();
+        h.hooks = s.hooks.as_ref().map(|r| r.summary());
         h.connections_open = s.user.connections_open;
         if let Some(p) = &st.prev_stats {
             let dt = s.uptime_s - p.uptime_s;

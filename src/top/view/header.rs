@@ -97,6 +97,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     l3.extend(figure("bpf", bpf, false));
     l3.push(sep());
     l3.extend(figure("open conns", h.connections_open.to_string(), false));
+    if let Some(hk) = &h.hooks {
+        l3.push(sep());
+        l3.extend(figure("hooks", hk.clone(), false));
+    }
 
     let p = Paragraph::new(vec![Line::from(l1), Line::from(l2), Line::from(l3)]);
     f.render_widget(p, area);
