@@ -32,7 +32,7 @@ test-static: static ## Run the real-kernel capture tests and the shipping checks
 	K8S_ALOG_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --release --test capture_http1 -- --test-threads=1
 	K8S_ALOG_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --release --test ship -- --test-threads=1
 
-bench: build ## Measure cost and completeness side by side with a no-capture baseline, a floor and tshark (root, ~10 min)
+bench: build ## Measure cost and completeness of each hook rung side by side with a no-capture baseline, each rung's same-hook floor and tshark (root, ~12 min)
 	./bench/run.sh
 
 bench-top: ## Measure top's responsiveness with 5,000 live connections and ~20k requests/s on the simulated node (root, ~2 min)

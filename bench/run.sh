@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# k8s-alog benchmark: cost and completeness of `k8s-alog record` next to a no-capture
-# baseline, a floor (bpftrace with empty programs on raw_syscalls:sys_enter/sys_exit: no
-# syscall-hooking tool can cost less) and a peer doing the same job by packet capture (tshark).
+# k8s-alog benchmark: cost and completeness of `k8s-alog record`, per hook rung, next to a
+# no-capture baseline, same-hook floors (bpftrace with empty programs on the hooks a rung uses:
+# no tool hooking there can cost less) and a peer doing the same job by packet capture (tshark).
 #
 # Workloads (nginx on loopback, driven by wrk): keep-alive at saturation, keep-alive at a fixed
 # 5,000 and 20,000 req/s, connection churn (Connection: close), HTTPS keep-alive. Each workload
-# runs rounds of [baseline, floor, k8s-alog, tshark] back to back (order rotated each round);
-# the report gives medians. Run as root: ./bench/run.sh (or `make bench`). Needs the packages
-# bench/deps.sh installs; installs nothing itself.
+# runs rounds of the arms back to back (order rotated each round); the report gives medians.
+# Arms:
+#   baseline             nothing
+#   floor:syscalls       bpftrace, empty programs on raw_syscalls:sys_enter+sys_exit (alias: floor)
+#   floor:tracepoint     bpftrace, empty programs on the tracepoint rung's tracepoints
+#   floor:syscall        bpftrace, empty programs on the syscall rung's tracepoints
+#   k8s-alog             k8s-alog record, hooks chosen by itself (auto)
+#   k8s-alog:RUNG        the same with K8S_ALOG_HOOKS=RUNG (tracepoint, syscall, fentry, kprobe);
+#                        a rung the kernel refuses (exit code 5) is skipped with a line saying so
+#   tshark               tshark on lo, HTTP decoded
+# Run as root: ./bench/run.sh (or `make bench`). Needs the packages bench/deps.sh installs;
+# installs nothing itself.
 #
 # Environment:
 #   BENCH_ROUNDS     rounds per workload (default: 3 for saturation, 2 for the others)
 #   BENCH_SECONDS    load duration per arm, s (default 6)
 #   BENCH_WORKLOADS  subset, e.g. "saturation churn" (default: saturation rate5k rate20k churn https)
-#   BENCH_ARMS       subset of arms (default: baseline floor k8s-alog tshark)
+#   BENCH_ARMS       subset of arms (default: baseline floor:tracepoint floor:syscall
+#                    k8s-alog:tracepoint k8s-alog:syscall k8s-alog:fentry k8s-alog:kprobe tshark)
 #   BENCH_OUT        report path (default /tmp/k8s-alog-bench-<time>.txt; raw results in <path>.json)
 #   BENCH_NICE       niceness for the whole run, inherited by nginx, wrk and every capture arm alike
 #                    (default -10: other work on a shared machine disturbs the figures less; 0: as is)
@@ -32,10 +42,18 @@ SECS=${BENCH_SECONDS:-6}
 SAT_ROUNDS=${BENCH_ROUNDS:-3}
 ROUNDS=${BENCH_ROUNDS:-2}
 read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-saturation rate5k rate20k churn https}"
-read -r -a ARMS <<<"${BENCH_ARMS:-baseline floor k8s-alog tshark}"
+DEFAULT_ARMS="baseline floor:tracepoint floor:syscall k8s-alog:tracepoint k8s-alog:syscall k8s-alog:fentry k8s-alog:kprobe tshark"
+read -r -a ARMS <<<"${BENCH_ARMS:-$DEFAULT_ARMS}"
 OUT=${BENCH_OUT:-/tmp/k8s-alog-bench-$(date +%Y%m%d-%H%M%S).txt}
 THREADS=2
-FLOOR_PROG='tracepoint:raw_syscalls:sys_enter {} tracepoint:raw_syscalls:sys_exit {}'
+# Each floor arm: the tracepoints bpftrace puts an empty program on (category:event). The
+# tracepoint and syscall floors hold exactly the hooks the k8s-alog rung of that name uses
+# (sched_process_exec aside: it fires on exec only).
+declare -A FLOOR_TPS=(
+    [floor:syscalls]="raw_syscalls:sys_enter raw_syscalls:sys_exit"
+    [floor:tracepoint]="sock:sock_send_length sock:sock_recv_length sock:inet_sock_set_state tcp:tcp_sendmsg_locked tcp:tcp_send_reset tcp:tcp_receive_reset"
+    [floor:syscall]="raw_syscalls:sys_exit sock:inet_sock_set_state tcp:tcp_send_reset tcp:tcp_receive_reset"
+)
 BODY=$(printf '%0100d' 0 | tr 0 x) # the 100-byte response body
 
 log() { printf '%s bench: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -60,8 +78,13 @@ fi
 for w in "${WORKLOADS[@]}"; do
     case $w in saturation | rate5k | rate20k | churn | https) ;; *) die "unknown workload '$w'" ;; esac
 done
-for a in "${ARMS[@]}"; do
-    case $a in baseline | floor | k8s-alog | tshark) ;; *) die "unknown arm '$a'" ;; esac
+for i in "${!ARMS[@]}"; do
+    [[ ${ARMS[$i]} == floor ]] && ARMS[$i]=floor:syscalls # the floor's former name
+    case ${ARMS[$i]} in
+        baseline | floor:syscalls | floor:tracepoint | floor:syscall | tshark) ;;
+        k8s-alog | k8s-alog:tracepoint | k8s-alog:fentry | k8s-alog:kprobe | k8s-alog:syscall) ;;
+        *) die "unknown arm '${ARMS[$i]}' (arms: baseline floor:syscalls floor:tracepoint floor:syscall k8s-alog k8s-alog:RUNG tshark; RUNG: tracepoint fentry kprobe syscall)" ;;
+    esac
 done
 
 NICE=${BENCH_NICE:--10}
@@ -97,6 +120,7 @@ BIN=$WORK/k8s-alog
 PIDS=()          # every background process still running that this script started
 NGINX_PID=""
 STATS_OLD=""     # kernel.bpf_stats_enabled before the run
+declare -A UNAVAIL=() # arm -> why it cannot run here (found when it first failed to start)
 
 forget() { # PID: drop it from PIDS (it has been reaped)
     local p keep=()
@@ -313,22 +337,39 @@ run_arm() { # WORKLOAD ROUND ARM
     : >"$NG/access.log" # nginx appends (O_APPEND): truncating restarts the count
     : >"$d/err"
 
+    if [[ -n ${UNAVAIL[$arm]:-} ]]; then # refused here before: no point starting it again
+        echo "unavailable=${UNAVAIL[$arm]}" >>"$d/meta"
+        printf '[%3d/%d] ' "$NARMS" "$TOTAL_ARMS" >&2
+        python3 "$LIB" arm "$d" >&2 || log "could not summarise $d"
+        return 0
+    fi
+
     t0=$(now_us)
     case $arm in
-        floor)
-            if [[ -d /sys/kernel/tracing/events/raw_syscalls || -d /sys/kernel/debug/tracing/events/raw_syscalls ]]; then
-                start_capture "$d" err bpftrace -e "$FLOOR_PROG"
+        floor:*)
+            local tp prog="" tracefs=1
+            for tp in ${FLOOR_TPS[$arm]}; do
+                prog+="tracepoint:$tp {} "
+                names+="${names:+,}${tp#*:}"
+                [[ -d /sys/kernel/tracing/events/${tp%%:*} || -d /sys/kernel/debug/tracing/events/${tp%%:*} ]] || tracefs=0
+            done
+            if ((tracefs)); then
+                start_capture "$d" err bpftrace -e "$prog"
             else
                 # tracefs is not mounted here: mount it in a private mount namespace for bpftrace only
                 start_capture "$d" err unshare --mount --propagation private -- sh -c \
-                    'mount -t tracefs nodev /sys/kernel/tracing && exec "$@"' sh bpftrace -e "$FLOOR_PROG"
+                    'mount -t tracefs nodev /sys/kernel/tracing && exec "$@"' sh bpftrace -e "$prog"
             fi
-            ready="Attaching"; names=sys_enter,sys_exit ;;
-        k8s-alog)
+            # names: the programs bpftrace loads are named after the events (lib.py matches
+            # the kernel's 15-character cut of longer names)
+            ready="Attaching" ;;
+        k8s-alog*)
             capout=$d/out.jsonl
-            start_capture "$d" /dev/null "$BIN" record --out "$d/out.jsonl" --port "$port"
-            # every program it holds (on_send, on_recv, on_state, on_send_reset, on_receive_reset, and
-            # whatever else this version loads, e.g. TLS uprobes)
+            local hooks=auto
+            [[ $arm == k8s-alog:* ]] && hooks=${arm#k8s-alog:}
+            start_capture "$d" /dev/null env K8S_ALOG_HOOKS="$hooks" "$BIN" record --out "$d/out.jsonl" --port "$port"
+            # every program it holds (the data hooks of its rung, on_state, on_send_reset,
+            # on_receive_reset, on_exec, and whatever else this version loads, e.g. TLS uprobes)
             ready="capturing:"; names="*" ;;
         tshark)
             # -l: flush each line, so what it has decoded by the end of the load can be counted
@@ -343,14 +384,23 @@ run_arm() { # WORKLOAD ROUND ARM
         wait_ready "$pid" "$d/err" "$ready" || rc=$?
         t1=$(now_us)
         if ((rc != 0)); then
-            echo "error=$arm not ready ($([[ $rc == 1 ]] && echo exited || echo timeout)): $(tail -c 300 "$d/err" | tr '\n' ' ')" >>"$d/meta"
             stop_pid "$pid" INT 5 "$WRAP_PID"
             echo "exit_code=$STOP_RC" >>"$d/meta"
-            python3 "$LIB" arm "$d" || true
+            # exited before it was ready: k8s-alog with code 5 (no hook of the forced rung here)
+            # or bpftrace (no such tracepoint, not allowed): skip this arm from now on
+            if [[ $rc == 1 && ($arm == floor:* || ($arm == k8s-alog:* && $STOP_RC == 5)) ]]; then
+                UNAVAIL[$arm]=$(python3 "$LIB" errline "$d/err")
+                log "$arm: not available on this kernel: ${UNAVAIL[$arm]}"
+                echo "unavailable=${UNAVAIL[$arm]}" >>"$d/meta"
+            else
+                echo "error=$arm not ready ($([[ $rc == 1 ]] && echo exited || echo timeout)): $(tail -c 300 "$d/err" | tr '\n' ' ')" >>"$d/meta"
+            fi
+            printf '[%3d/%d] ' "$NARMS" "$TOTAL_ARMS" >&2
+            python3 "$LIB" arm "$d" >&2 || log "could not summarise $d"
             return 0
         fi
         echo "attach_ms=$(((t1 - t0) / 1000))" >>"$d/meta"
-        if [[ $arm == k8s-alog ]]; then
+        if [[ $arm == k8s-alog* ]]; then
             echo "attach_ms_self=$(sed -n 's/.*attached in \([0-9]*\) ms.*/\1/p' "$d/err" | head -1)" >>"$d/meta"
         fi
     fi
@@ -375,7 +425,7 @@ run_arm() { # WORKLOAD ROUND ARM
         alive "$pid" || echo "error=$arm exited during the load: $(tail -c 300 "$d/err" | tr '\n' ' ')" >>"$d/meta"
         t4=$(now_us)
         # bpftrace sometimes ignores SIGINT for a long time here; SIGTERM stops it as cleanly
-        if [[ $arm == floor ]]; then stop_pid "$pid" TERM 10 "$WRAP_PID"; else stop_pid "$pid" INT 30 "$WRAP_PID"; fi
+        if [[ $arm == floor:* ]]; then stop_pid "$pid" TERM 10 "$WRAP_PID"; else stop_pid "$pid" INT 30 "$WRAP_PID"; fi
         echo "exit_code=$STOP_RC" >>"$d/meta"
         echo "drain_ms=$((($(now_us) - t3) / 1000))" >>"$d/meta"
     fi
