@@ -6,7 +6,7 @@ CARGO ?= cargo
 TARGET ?= x86_64-unknown-linux-gnu
 STATIC_BIN := target/$(TARGET)/release/k8s-alog
 
-.PHONY: help deps build static test test-static bench bench-top install clean generate demo
+.PHONY: help deps build static test test-static test-kernels bench bench-top install clean generate demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -24,13 +24,23 @@ static: ## Build one statically linked binary ($(STATIC_BIN))
 	@ldd $(STATIC_BIN) 2>&1 | grep -q "statically linked" || ldd $(STATIC_BIN) 2>&1 | grep -q "not a dynamic executable"
 	@ls -l $(STATIC_BIN)
 
-test: ## Run every test: unit tests, the real-kernel tests (root), then the static binary's
+test: ## Run every test: unit tests, the real-kernel tests (root), the static binary's, then the capture tests on other kernels in QEMU
 	$(CARGO) test --release -- --test-threads=1
 	$(MAKE) test-static
+	$(MAKE) test-kernels
 
 test-static: static ## Run the real-kernel capture tests and the shipping checks against the static binary
 	K8S_ALOG_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --release --test capture_http1 -- --test-threads=1
 	K8S_ALOG_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --release --test ship -- --test-threads=1
+
+# Kernel configurations for test-kernels (see scripts/vm/test-kernels.sh), e.g.
+# `make test-kernels KERNELS="6.12 6.1,lockdown,hooks=syscall:http1"`; empty: the CI matrix.
+KERNELS ?=
+
+test-kernels: static ## Capture tests on this kernel's syscall rung, then on Debian's 6.1 and 6.12 kernels booted in QEMU, every rung included (root, ~35 min)
+	$(CARGO) test --release --no-run --test capture_http1 --test capture_http2 --test capture_tls
+	K8S_ALOG_HOOKS=syscall K8S_ALOG_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --release --test capture_http1 -- --test-threads=1
+	K8S_ALOG_BIN=$(CURDIR)/$(STATIC_BIN) ./scripts/vm/test-kernels.sh $(KERNELS)
 
 bench: build ## Measure cost and completeness of each hook rung side by side with a no-capture baseline, each rung's same-hook floor and tshark (root, ~12 min)
 	./bench/run.sh

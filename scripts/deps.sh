@@ -14,6 +14,8 @@ pkgs=(
     dnsmasq-base
     # `top` end to end: the dashboard in a real terminal
     tmux
+    # other kernels booted in QEMU (scripts/vm): the emulator, depmod/modprobe, the guest's init
+    qemu-system-x86 kmod busybox-static xz-utils
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -83,6 +83,14 @@ struct PeerView {
     owner: Option<Owner>,
     role: Option<Role>,
     http: bool,
+    /// Responses its parser sent or received with no request to pair them with (its
+    /// view missed the request: a read in flight when capture attached, on the hook rungs
+    /// that see a call only from its entry), not yet taken over by the linked client.
+    unanswered: u64,
+    /// Its socket's byte counts so far (a call in flight when capture attached is missing
+    /// from one end's counts on some hook rungs, never from both).
+    bytes_sent: u64,
+    bytes_recv: u64,
     connect_start_ns: u64,
     established_ns: u64,
 }
@@ -105,6 +113,8 @@ struct Conn {
     http: Option<Parser>,
     next_seq: u64,
     exchanges: u64,
+    /// Unmatched responses of this view whose exchange a linked client wrote instead.
+    taken_over: u64,
     peer: Option<u64>,
     /// The address its client dialled, when that was translated to this (server) end
     /// and the client's socket is linked as its peer.
@@ -145,6 +155,7 @@ impl Conn {
             http: None,
             next_seq: 0,
             exchanges: 0,
+            taken_over: 0,
             peer: None,
             nat_via: None,
             data_seen: false,
@@ -166,6 +177,13 @@ impl Conn {
             owner: self.owner.clone(),
             role: Some(self.role),
             http: self.http.is_some(),
+            unanswered: self
+                .http
+                .as_ref()
+                .and_then(|h| h.http1_stats())
+                .map_or(0, |s| s.unmatched_responses.saturating_sub(self.taken_over)),
+            bytes_sent: self.bytes_sent,
+            bytes_recv: self.bytes_recv,
             connect_start_ns: self.connect_start_ns,
             established_ns: self.established_ns,
         }
@@ -734,9 +752,20 @@ impl Engine {
         } else {
             peer.as_ref().filter(|p| p.http)
         };
-        let Some(observed_by) = self.observed_by(c, role, peer_http) else {
-            self.user.deduplicated += 1;
-            return;
+        let observed_by = match self.observed_by(c, role, peer_http) {
+            Some(o) => o,
+            // The server's view could not pair this exchange's response with a request
+            // (it missed the request): the client's view writes it, once.
+            None if peer_http.is_some_and(|p| p.unanswered > 0) => {
+                if let Some(p) = c.peer.and_then(|p| self.conns.get_mut(&p)) {
+                    p.taken_over += 1;
+                }
+                ObservedBy::Both
+            }
+            None => {
+                self.user.deduplicated += 1;
+                return;
+            }
         };
         let (client, server) = self.ends(c, role, peer.as_ref());
         let mut rec = match x {
@@ -968,11 +997,22 @@ impl Engine {
             ),
             None => (c.bytes_sent, c.bytes_recv, c.send_calls, c.recv_calls),
         };
-        let (c2s, s2c, c2s_calls, s2c_calls) = if role == Role::Client {
+        let (mut c2s, mut s2c, c2s_calls, s2c_calls) = if role == Role::Client {
             (sent, recv, sc, rc)
         } else {
             (recv, sent, rc, sc)
         };
+        if let Some(p) = &peer {
+            // What one end sent the other received: the larger count is the one that
+            // missed nothing.
+            let (p_c2s, p_s2c) = if role == Role::Client {
+                (p.bytes_recv, p.bytes_sent)
+            } else {
+                (p.bytes_sent, p.bytes_recv)
+            };
+            c2s = c2s.max(p_c2s);
+            s2c = s2c.max(p_s2c);
+        }
         let mut handshake = Handshake::default();
         let (cs, est) = if role == Role::Client {
             (c.connect_start_ns, c.established_ns)
@@ -1077,7 +1117,7 @@ impl Engine {
             close_reason,
             open_mono_ns: c.open_ns,
             duration_ns: now.saturating_sub(c.open_ns),
-            exchanges: c.exchanges,
+            exchanges: c.exchanges + c.taken_over,
             data_lost: c.data_lost,
         }));
     }
