@@ -83,7 +83,7 @@ _k8s__alog() {
             return 0
             ;;
         k8s__subcmd__alog__subcmd__doctor)
-            opts="-h -V --json --oap --timeout --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --log-level --help --version"
+            opts="-h -V --json --oap --timeout --hooks --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -94,6 +94,10 @@ _k8s__alog() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hooks)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -275,7 +279,7 @@ _k8s__alog() {
             return 0
             ;;
         k8s__subcmd__alog__subcmd__push)
-            opts="-h -V --from --duration --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
+            opts="-h -V --from --duration --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --hooks --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -310,6 +314,10 @@ _k8s__alog() {
                     return 0
                     ;;
                 --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hooks)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -417,7 +425,7 @@ _k8s__alog() {
             return 0
             ;;
         k8s__subcmd__alog__subcmd__record)
-            opts="-o -h -V --out --duration --stats-interval --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
+            opts="-o -h -V --out --duration --stats-interval --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --hooks --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -460,6 +468,10 @@ _k8s__alog() {
                     return 0
                     ;;
                 --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hooks)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -585,7 +597,7 @@ _k8s__alog() {
             return 0
             ;;
         k8s__subcmd__alog__subcmd__top)
-            opts="-h -V --from --speed --window --tick --queue --log-file --perf --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
+            opts="-h -V --from --speed --window --tick --queue --log-file --perf --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --hooks --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -636,6 +648,10 @@ _k8s__alog() {
                     return 0
                     ;;
                 --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hooks)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

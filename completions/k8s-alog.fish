@@ -43,6 +43,7 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l pid -d 'Onl
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l cgroup -d 'Only these cgroup v2 ids (repeatable; the inode number of the cgroup directory)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l port -d 'Only connections with this port at either end (repeatable)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l max-connections -d 'Most connections tracked at once; beyond it the least active are written out and counted' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l hooks -d 'Kernel hooks for socket data: auto (the cheapest this kernel has and accepts, per hook), or one rung for all: tracepoint, fentry, kprobe, syscall' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l host-root -d 'Root of the host\'s filesystem (when running in a container with it mounted)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l cri-socket -d 'CRI socket of the container runtime (repeatable; default: probe containerd\'s and CRI-O\'s)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l containerd-state -d 'containerd\'s task-bundle directory for the k8s.io namespace' -r -F
@@ -85,6 +86,7 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l pid -d 'Only t
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l cgroup -d 'Only these cgroup v2 ids (repeatable; the inode number of the cgroup directory)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l port -d 'Only connections with this port at either end (repeatable)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l max-connections -d 'Most connections tracked at once; beyond it the least active are written out and counted' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l hooks -d 'Kernel hooks for socket data: auto (the cheapest this kernel has and accepts, per hook), or one rung for all: tracepoint, fentry, kprobe, syscall' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l host-root -d 'Root of the host\'s filesystem (when running in a container with it mounted)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l cri-socket -d 'CRI socket of the container runtime (repeatable; default: probe containerd\'s and CRI-O\'s)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l containerd-state -d 'containerd\'s task-bundle directory for the k8s.io namespace' -r -F
@@ -122,6 +124,7 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l pid -d 'Only 
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l cgroup -d 'Only these cgroup v2 ids (repeatable; the inode number of the cgroup directory)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l port -d 'Only connections with this port at either end (repeatable)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l max-connections -d 'Most connections tracked at once; beyond it the least active are written out and counted' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l hooks -d 'Kernel hooks for socket data: auto (the cheapest this kernel has and accepts, per hook), or one rung for all: tracepoint, fentry, kprobe, syscall' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l host-root -d 'Root of the host\'s filesystem (when running in a container with it mounted)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l cri-socket -d 'CRI socket of the container runtime (repeatable; default: probe containerd\'s and CRI-O\'s)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l containerd-state -d 'containerd\'s task-bundle directory for the k8s.io namespace' -r -F
@@ -152,6 +155,7 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -s h -l help -d 
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -s V -l version -d 'Print version'
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand doctor" -l oap -d 'Also check that these OAP addresses (host:port, repeatable) resolve and accept connections' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand doctor" -l timeout -d 'Seconds each network check (CRI socket, API, OAP) may take' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand doctor" -l hooks -d 'Kernel hooks to check the capture programs with (as `record --hooks`)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand doctor" -l host-root -d 'Root of the host\'s filesystem (when running in a container with it mounted)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand doctor" -l cri-socket -d 'CRI socket of the container runtime (repeatable; default: probe containerd\'s and CRI-O\'s)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand doctor" -l containerd-state -d 'containerd\'s task-bundle directory for the k8s.io namespace' -r -F

@@ -123,12 +123,13 @@ impl DebugRecorder {
             stderr,
             reader: Some(reader),
         };
-        let deadline = Instant::now() + START_TIMEOUT;
+        let timeout = start_timeout();
+        let deadline = Instant::now() + timeout;
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(l) if l.contains("capturing:") => break,
                 _ if Instant::now() > deadline => panic!(
-                    "record did not start within {START_TIMEOUT:?}; stderr:\n{}",
+                    "record did not start within {timeout:?}; stderr:\n{}",
                     r.stderr_text()
                 ),
                 _ => {}

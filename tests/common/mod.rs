@@ -20,6 +20,15 @@ use serde_json::Value;
 
 /// How long `record` may take to load and attach its programs.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long `record` may take to start: START_TIMEOUT, or `K8S_ALOG_TEST_START_SECS` where
+/// the machine is emulated (the kernels booted in QEMU without KVM, scripts/vm).
+pub fn start_timeout() -> Duration {
+    std::env::var("K8S_ALOG_TEST_START_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(START_TIMEOUT, Duration::from_secs)
+}
 /// How long `record` may take to exit after SIGINT.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time for the last events to leave the ring buffer (the tool polls every 10 ms).
@@ -512,7 +521,8 @@ impl Recorder {
     }
 
     fn wait_capturing(&mut self, rx: &Receiver<String>) {
-        let deadline = Instant::now() + START_TIMEOUT;
+        let timeout = start_timeout();
+        let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(100))) {
@@ -525,7 +535,7 @@ impl Recorder {
                         .as_mut()
                         .and_then(|c| c.try_wait().ok().flatten());
                     panic!(
-                        "k8s-alog record did not print \"capturing:\" within {START_TIMEOUT:?} ({e:?}; exit: {exited:?}); stderr:\n{}",
+                        "k8s-alog record did not print \"capturing:\" within {timeout:?} ({e:?}; exit: {exited:?}); stderr:\n{}",
                         self.stderr_text()
                     );
                 }
