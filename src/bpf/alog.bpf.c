@@ -685,6 +685,10 @@ static __always_inline __u32 copy_iov(__u8 *dst, const struct iovec *iovp, __u64
 		barrier_var(n);
 		if (n <= 0 || n > ALOG_MAX_CAPTURE)
 			continue;
+		/* Bounds the verifier can see at the call itself: older verifiers (6.1)
+		 * lose the check above when the compiler spills n to the stack. */
+		barrier_var(n);
+		n = ((n - 1) & (ALOG_MAX_CAPTURE - 1)) + 1;
 		if (bpf_probe_read_user(dst + off, n, iov.iov_base)) {
 			count(ALOG_CNT_READ_FAULT);
 			break;
@@ -750,6 +754,8 @@ static __always_inline __u32 copy_payload(__u8 *dst, __s64 ret, __u8 *sys, __s32
 		       nr == NR_WRITE ? ALOG_SYS_WRITE :
 		       nr == NR_SENDTO ? ALOG_SYS_SENDTO : ALOG_SYS_RECVFROM;
 		if (want > 0 && want <= ALOG_MAX_CAPTURE) {
+			barrier_var(want);
+			want = ((want - 1) & (ALOG_MAX_CAPTURE - 1)) + 1;
 			if (bpf_probe_read_user(dst, want, (void *)a1)) {
 				count(ALOG_CNT_READ_FAULT);
 				return 0;
