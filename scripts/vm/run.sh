@@ -18,7 +18,7 @@
 # K8S_ALOG_* and RUST_* passed through; stdin is empty. Its stdout and stderr arrive here
 # on stdout and stderr, the kernel's console does not (it is shown only if the VM fails).
 # Exit status: COMMAND's, 124 on timeout, 125 when the VM itself failed.
-# Needs root and: qemu-system-x86, kmod, busybox-static (scripts/vm/deps.sh installs them).
+# Needs root and: qemu-system-x86, kmod, busybox-static (`make deps` installs them).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -52,7 +52,7 @@ done
 [[ $accel == auto || $accel == tcg || $accel == kvm ]] || vm_die "--accel is auto, tcg or kvm"
 ((EUID == 0)) || vm_die "needs root (it shares / with the guest and caches in $VM_CACHE)"
 for tool in qemu-system-x86_64 depmod busybox apt-get dpkg-deb flock; do
-    command -v "$tool" >/dev/null || vm_die "$tool is missing; run scripts/vm/deps.sh"
+    command -v "$tool" >/dev/null || vm_die "$tool is missing; run make deps (scripts/deps.sh)"
 done
 
 tmp=$(mktemp -d /tmp/k8s-alog-vm.XXXXXX)

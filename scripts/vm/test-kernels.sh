@@ -11,7 +11,7 @@
 # Without arguments: $K8S_ALOG_KERNELS, else the CI matrix below.
 #
 # Environment: K8S_ALOG_BIN (default the static build), K8S_ALOG_VM_TIMEOUT (seconds per
-# configuration, default 2400). Needs root, scripts/vm/deps.sh, and a built tree: the
+# configuration, default 2400). Needs root, `make deps`, and a built tree: the
 # static binary (`make static`) and the test binaries (`cargo test --release --no-run`);
 # `make test-kernels` builds both.
 set -euo pipefail
