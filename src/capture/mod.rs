@@ -129,7 +129,7 @@ pub struct KernelCounters {
     /// Exec notifications lost (ring buffer full): a new binary's TLS code may go unprobed.
     #[serde(default)]
     pub drop_exec_ringbuf: u64,
-    /// Bytes read after a socket closed whose state was no longer held: not recorded.
+    /// Reads after a socket closed whose state was no longer held: not recorded.
     #[serde(default)]
     pub late_untracked: u64,
 }
