@@ -15,6 +15,15 @@
 //! covered; a library mapped only by processes that all exit before a maps rescan sees
 //! them is missed until one is caught alive (rescans at 20 ms, 300 ms, 3 s after exec,
 //! then every 60 s).
+//!
+//! Bounds (the files and processes are any pod's): a file yields at most
+//! `tls::MAX_PROBES_PER_FILE` probes, the files found through one process at most
+//! `MAX_PROBES_PER_PROCESS`, the node at most `MAX_PROBES` (and half the open-file limit:
+//! each probe holds a descriptor). The polling thread attaches for at most `ATTACH_BUDGET`
+//! at a time, then drains the ring again; a file not done by then is resumed next time
+//! (slow machines attach slowly: nothing is refused for time). What a bound refuses is counted in `TlsAttachStats`. Every full rescan also sweeps: a file no
+//! process maps any more, and that the path it was found by no longer leads to, is
+//! detached and forgotten (its inode may be reused, and a probe pins it).
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fs::File;
@@ -45,6 +54,29 @@ pub struct TlsAttachStats {
     pub go_binaries_attached: u64,
     /// Files with TLS code that could not be probed (each logged once).
     pub attach_failures: u64,
+    /// Files whose inspection stopped at a limit on the bytes read, the work done or the
+    /// time spent (each logged once).
+    #[serde(default)]
+    pub inspections_over_budget: u64,
+    /// Files with TLS code left unprobed, whole or in part, by a bound: probes per file,
+    /// per process or in all.
+    #[serde(default)]
+    pub files_refused: u64,
+    /// Probes those bounds left unattached, where known (a file with too many RETs is
+    /// refused before they are all counted).
+    #[serde(default)]
+    pub probes_refused: u64,
+    /// Probed files detached because no process maps them any more and their path no
+    /// longer leads to them.
+    #[serde(default)]
+    pub files_detached: u64,
+    /// Probes attached now.
+    #[serde(default)]
+    pub probes_attached: u64,
+    /// Exec notifications the TLS worker's queue had no room for: those processes are
+    /// left to the periodic rescan (every 60 s).
+    #[serde(default)]
+    pub exec_notes_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +86,19 @@ struct StatCells {
     go: AtomicU64,
     failures: AtomicU64,
     exec_queue_full: AtomicU64,
+    over_budget: AtomicU64,
+    files_refused: AtomicU64,
+    probes_refused: AtomicU64,
+    detached: AtomicU64,
+    probes_attached: AtomicU64,
+}
+
+impl StatCells {
+    fn refused(&self, probes: usize) {
+        self.files_refused.fetch_add(1, Ordering::Relaxed);
+        self.probes_refused
+            .fetch_add(probes as u64, Ordering::Relaxed);
+    }
 }
 
 /// A handle that reads TLS attach counters from any thread (e.g. inside an event
@@ -69,6 +114,12 @@ impl TlsStatsSource {
             binaries_attached: c.binaries.load(Ordering::Relaxed),
             go_binaries_attached: c.go.load(Ordering::Relaxed),
             attach_failures: c.failures.load(Ordering::Relaxed),
+            inspections_over_budget: c.over_budget.load(Ordering::Relaxed),
+            files_refused: c.files_refused.load(Ordering::Relaxed),
+            probes_refused: c.probes_refused.load(Ordering::Relaxed),
+            files_detached: c.detached.load(Ordering::Relaxed),
+            probes_attached: c.probes_attached.load(Ordering::Relaxed),
+            exec_notes_dropped: c.exec_queue_full.load(Ordering::Relaxed),
         }
     }
 }
@@ -102,6 +153,14 @@ struct Plan {
     target: TlsTarget,
 }
 
+/// What the worker hands the polling thread.
+#[derive(Debug)]
+enum ToAttacher {
+    Attach(Plan),
+    /// The file is gone (see `Scanner::rescan_and_sweep`): detach its probes.
+    Detach(FileId),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FileState {
     /// Being analysed or waiting to be attached.
@@ -111,12 +170,42 @@ enum FileState {
     NoTls,
     /// TLS code that could not be probed: logged and counted once.
     Failed,
+    /// Inspection over budget, or more probes than a bound allows: logged and counted once.
+    Refused,
 }
 
-type Registry = Arc<Mutex<HashMap<FileId, FileState>>>;
+/// A file seen, and the path it was found by (to tell, in a sweep, whether that path
+/// still leads to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    state: FileState,
+    path: PathBuf,
+}
 
-fn lock(r: &Registry) -> std::sync::MutexGuard<'_, HashMap<FileId, FileState>> {
+type Files = HashMap<FileId, Seen>;
+type Registry = Arc<Mutex<Files>>;
+
+fn lock(r: &Registry) -> std::sync::MutexGuard<'_, Files> {
     r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The files of `files` that are gone: not in `live` (mapped by a process now), not
+/// being analysed or attached, and their path leads elsewhere or nowhere. `identity` is
+/// `FileId::of` (a parameter for tests).
+fn gone_files(
+    files: &Files,
+    live: &HashSet<FileId>,
+    identity: impl Fn(&Path) -> Option<FileId>,
+) -> Vec<FileId> {
+    files
+        .iter()
+        .filter(|(id, seen)| {
+            seen.state != FileState::Pending
+                && !live.contains(id)
+                && identity(&seen.path) != Some(**id)
+        })
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 /// Rescans of a new process's mappings after its exec: shared libraries are mapped by
@@ -133,8 +222,14 @@ const FULL_RESCAN: Duration = Duration::from_secs(60);
 const EXEC_QUEUE: usize = 4096;
 /// Most delayed rescans kept (exec storms).
 const MAX_DELAYED: usize = 100_000;
-/// Longest stretch the polling thread spends attaching before it drains again.
+/// Longest stretch the polling thread spends attaching before it drains again; a file
+/// not done by then is resumed in the next stretch.
 const ATTACH_BUDGET: Duration = Duration::from_millis(20);
+/// Most probes for the files found through one process (its executable, its libraries,
+/// its root's library directories).
+const MAX_PROBES_PER_PROCESS: usize = 512;
+/// Most probes attached on the node.
+const MAX_PROBES: usize = 16_384;
 
 /// Finds candidate files and analyses them. Used at start (synchronously) and then on
 /// the worker thread.
@@ -149,6 +244,18 @@ struct Scanner {
     dynamic: HashMap<FileId, bool>,
     /// Only these processes, if not empty (the capture's pid filter).
     pids: Vec<u32>,
+    /// Probes planned for the files found through each process.
+    per_process: HashMap<u32, usize>,
+    /// During a full rescan: the files mapped by the processes seen, and their roots.
+    sweep: Option<Sweep>,
+}
+
+#[derive(Debug, Default)]
+struct Sweep {
+    files: HashSet<FileId>,
+    roots: HashSet<FileId>,
+    pids: HashSet<u32>,
+    maps_ids: HashMap<(String, u64), FileId>,
 }
 
 impl Scanner {
@@ -160,6 +267,8 @@ impl Scanner {
             roots: HashSet::new(),
             dynamic: HashMap::new(),
             pids,
+            per_process: HashMap::new(),
+            sweep: None,
         }
     }
 
@@ -177,9 +286,38 @@ impl Scanner {
                 .unwrap_or_else(|_| p.clone())
                 .display()
                 .to_string();
-            self.consider(&p, shown, Origin::Library, out);
+            self.consider(&p, shown, Origin::Library, None, out);
         }
         self.rescan_processes(out);
+    }
+
+    /// Every process again, then forget what is gone: returns the probed files to
+    /// detach. Also drops the per-process and per-root state of processes gone.
+    fn rescan_and_sweep(&mut self, out: &mut Vec<Plan>) -> Vec<FileId> {
+        self.sweep = Some(Sweep::default());
+        self.rescan_processes(out);
+        let Some(seen) = self.sweep.take() else {
+            return Vec::new();
+        };
+        let mut detach = Vec::new();
+        {
+            let mut reg = lock(&self.registry);
+            for id in gone_files(&reg, &seen.files, FileId::of) {
+                if let Some(s) = reg.remove(&id) {
+                    if s.state == FileState::Attached {
+                        detach.push(id);
+                    }
+                }
+            }
+        }
+        // The host's root stays: its library directories were scanned at start.
+        let host = FileId::of_dir(Path::new("/"));
+        self.roots
+            .retain(|r| seen.roots.contains(r) || Some(*r) == host);
+        self.per_process.retain(|pid, _| seen.pids.contains(pid));
+        self.dynamic.retain(|id, _| seen.files.contains(id));
+        self.maps_ids = seen.maps_ids;
+        detach
     }
 
     fn rescan_processes(&mut self, out: &mut Vec<Plan>) {
@@ -187,6 +325,9 @@ impl Scanner {
         for pid in procfs::pids() {
             if pid == me || !self.wanted(pid) || procfs::is_kernel_thread(pid) {
                 continue;
+            }
+            if let Some(s) = self.sweep.as_mut() {
+                s.pids.insert(pid);
             }
             self.scan_root(pid, out);
             let _ = self.scan_exe(pid, out);
@@ -226,7 +367,7 @@ impl Scanner {
         if FileId::of(p) != Some(want) || lock(&self.registry).contains_key(&want) {
             return;
         }
-        self.consider(p, x.filename.clone(), Origin::Executable, out);
+        self.consider(p, x.filename.clone(), Origin::Executable, Some(x.pid), out);
     }
 
     fn scan_root(&mut self, pid: u32, out: &mut Vec<Plan>) {
@@ -234,6 +375,9 @@ impl Scanner {
         let Some(id) = FileId::of_dir(&root) else {
             return;
         };
+        if let Some(s) = self.sweep.as_mut() {
+            s.roots.insert(id);
+        }
         if !self.roots.insert(id) {
             return;
         }
@@ -244,7 +388,7 @@ impl Scanner {
                     .join(p.strip_prefix(&root).unwrap_or(&p))
                     .display()
             );
-            self.consider(&p, shown, Origin::Library, out);
+            self.consider(&p, shown, Origin::Library, Some(pid), out);
         }
     }
 
@@ -257,27 +401,30 @@ impl Scanner {
         let Some(id) = FileId::of(&exe) else {
             return false;
         };
-        // Parsed once per executable: the libssl it links directly (found by the
+        if let Some(s) = self.sweep.as_mut() {
+            s.files.insert(id);
+        }
+        // Read once per executable: the libssl it links directly (found by the
         // loader's rules), and whether it is dynamically linked at all.
         if !self.dynamic.contains_key(&id) {
-            if let Ok(m) = tls::elf::Mapped::open(&exe) {
-                if let Ok(f) = m.parse() {
-                    let needs = tls::elf::needs(&f);
-                    if self.dynamic.len() > 100_000 {
-                        self.dynamic.clear();
-                    }
-                    self.dynamic.insert(id, tls::elf::is_dynamic(&f));
-                    let root = PathBuf::from(format!("/proc/{pid}/root"));
-                    for p in procfs::resolve_needed_ssl(&root, &target, &needs) {
-                        let shown = format!(
-                            "{} (needed by {})",
-                            Path::new("/")
-                                .join(p.strip_prefix(&root).unwrap_or(&p))
-                                .display(),
-                            target.display()
-                        );
-                        self.consider(&p, shown, Origin::Library, out);
-                    }
+            let linking = tls::Image::open(&exe)
+                .ok()
+                .and_then(|m| tls::elf::linking(&m));
+            if let Some((needs, dynamic)) = linking {
+                if self.dynamic.len() > 100_000 {
+                    self.dynamic.clear();
+                }
+                self.dynamic.insert(id, dynamic);
+                let root = PathBuf::from(format!("/proc/{pid}/root"));
+                for p in procfs::resolve_needed_ssl(&root, &target, &needs) {
+                    let shown = format!(
+                        "{} (needed by {})",
+                        Path::new("/")
+                            .join(p.strip_prefix(&root).unwrap_or(&p))
+                            .display(),
+                        target.display()
+                    );
+                    self.consider(&p, shown, Origin::Library, Some(pid), out);
                 }
             }
         }
@@ -285,7 +432,7 @@ impl Scanner {
             return self.dynamic.get(&id).copied().unwrap_or(true);
         }
         let shown = target.display().to_string();
-        self.consider(&exe, shown, Origin::Executable, out);
+        self.consider(&exe, shown, Origin::Executable, Some(pid), out);
         self.dynamic.get(&id).copied().unwrap_or(true)
     }
 
@@ -302,10 +449,14 @@ impl Scanner {
                     if self.maps_ids.len() > 1_000_000 {
                         self.maps_ids.clear();
                     }
-                    self.maps_ids.insert(key, id);
+                    self.maps_ids.insert(key.clone(), id);
                     id
                 }
             };
+            if let Some(s) = self.sweep.as_mut() {
+                s.files.insert(id);
+                s.maps_ids.insert(key, id);
+            }
             if lock(&self.registry).contains_key(&id) {
                 continue;
             }
@@ -316,12 +467,20 @@ impl Scanner {
             } else {
                 Origin::Library
             };
-            self.consider(&path, m.path.clone(), origin, out);
+            self.consider(&path, m.path.clone(), origin, Some(pid), out);
         }
     }
 
-    /// Analyse a file once (by identity); queue a plan if it holds TLS code.
-    fn consider(&mut self, path: &Path, shown: String, origin: Origin, out: &mut Vec<Plan>) {
+    /// Analyse a file once (by identity); queue a plan if it holds TLS code. `by`: the
+    /// process it was found through (whose probe allowance it uses).
+    fn consider(
+        &mut self,
+        path: &Path,
+        shown: String,
+        origin: Origin,
+        by: Option<u32>,
+        out: &mut Vec<Plan>,
+    ) {
         let Ok(file) = File::open(path) else { return };
         let Ok(meta) = file.metadata() else { return };
         if !meta.is_file() {
@@ -331,16 +490,33 @@ impl Scanner {
             dev: meta.dev(),
             ino: meta.ino(),
         };
+        let seen = |state| Seen {
+            state,
+            path: path.to_path_buf(),
+        };
         {
             let mut reg = lock(&self.registry);
             if reg.contains_key(&id) {
                 return;
             }
-            reg.insert(id, FileState::Pending);
+            reg.insert(id, seen(FileState::Pending));
         }
         let state = match tls::inspect_file(&file) {
             Ok(Inspection::NoTls) => FileState::NoTls,
             Ok(Inspection::Tls(target)) => {
+                let n = target.probe_count();
+                if let Some(pid) = by {
+                    let used = self.per_process.entry(pid).or_default();
+                    if used.saturating_add(n) > MAX_PROBES_PER_PROCESS {
+                        tracing::warn!(
+                            "TLS: not probing {shown}: {n} more probes for process {pid} would pass {MAX_PROBES_PER_PROCESS}"
+                        );
+                        self.stats.refused(n);
+                        lock(&self.registry).insert(id, seen(FileState::Refused));
+                        return;
+                    }
+                    *used += n;
+                }
                 out.push(Plan {
                     id,
                     file,
@@ -355,6 +531,16 @@ impl Scanner {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 FileState::Failed
             }
+            Ok(Inspection::OverBudget(limit)) => {
+                tracing::warn!("TLS: gave up reading {shown}: limit on the {limit} reached");
+                self.stats.over_budget.fetch_add(1, Ordering::Relaxed);
+                FileState::Refused
+            }
+            Ok(Inspection::TooManyProbes(why)) => {
+                tracing::warn!("TLS: not probing {shown}: {why}");
+                self.stats.refused(0);
+                FileState::Refused
+            }
             Err(e) => {
                 // Gone or unreadable: forget it, a later sighting tries again.
                 tracing::debug!("TLS: cannot read {shown}: {e}");
@@ -362,7 +548,7 @@ impl Scanner {
                 return;
             }
         };
-        lock(&self.registry).insert(id, state);
+        lock(&self.registry).insert(id, seen(state));
     }
 }
 
@@ -391,11 +577,73 @@ pub(crate) struct AttachNote<'a> {
 pub(crate) struct TlsProbes {
     registry: Registry,
     stats: Arc<StatCells>,
-    links: Vec<Link>,
+    /// The probes of each file; dropping them detaches them.
+    links: HashMap<FileId, Vec<Link>>,
+    /// Probes in `links`.
+    attached: usize,
+    /// Most probes in all: `MAX_PROBES`, or less when the open-file limit is low.
+    max_probes: usize,
     exec_tx: Option<SyncSender<ExecNote>>,
-    plans_rx: Option<Receiver<Plan>>,
+    plans_rx: Option<Receiver<ToAttacher>>,
     worker: Option<JoinHandle<()>>,
     exec_full_logged: bool,
+    /// A file whose attaching the last stretch left unfinished.
+    resume: Option<Job>,
+}
+
+/// One file being attached, function by function.
+struct Job {
+    plan: Plan,
+    /// The next function of `plan.target.funcs` to attach.
+    next: usize,
+    attached: usize,
+    errors: Vec<String>,
+    vanished: bool,
+    refused: usize,
+    refused_why: &'static str,
+    links: Vec<Link>,
+}
+
+impl Job {
+    fn new(plan: Plan) -> Self {
+        Job {
+            plan,
+            next: 0,
+            attached: 0,
+            errors: Vec::new(),
+            vanished: false,
+            refused: 0,
+            refused_why: "",
+            links: Vec::new(),
+        }
+    }
+}
+
+/// Raise the soft open-file limit to the hard one (each probe holds a descriptor) and
+/// return how many probes fit in half of it.
+fn probe_room() -> usize {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write one valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return MAX_PROBES.min(512);
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                rl = raised;
+            }
+        }
+    }
+    usize::try_from(rl.rlim_cur / 2)
+        .unwrap_or(usize::MAX)
+        .min(MAX_PROBES)
 }
 
 impl TlsProbes {
@@ -411,19 +659,23 @@ impl TlsProbes {
         let mut me = Self {
             registry: Arc::clone(&registry),
             stats: Arc::clone(&stats),
-            links: Vec::new(),
+            links: HashMap::new(),
+            attached: 0,
+            max_probes: probe_room(),
             exec_tx: None,
             plans_rx: None,
             worker: None,
             exec_full_logged: false,
+            resume: None,
         };
         let t0 = Instant::now();
         let mut scanner = Scanner::new(registry, stats, pids.to_vec());
         let mut plans = Vec::new();
         scanner.scan_all(&mut plans);
         let scanned = t0.elapsed();
+        // At start-up there is no ring to drain yet: each file is attached whole.
         for p in plans {
-            me.attach(skel, p, &mut note);
+            let _ = me.attach(skel, Job::new(p), None, &mut note);
         }
         tracing::debug!(
             "TLS: start-up scan {} ms, attach {} ms: {:?}",
@@ -431,6 +683,12 @@ impl TlsProbes {
             (t0.elapsed() - scanned).as_millis(),
             me.stats()
         );
+        if me.max_probes < MAX_PROBES {
+            tracing::info!(
+                "TLS: at most {} probes (half the open-file limit)",
+                me.max_probes
+            );
+        }
         let (exec_tx, exec_rx) = mpsc::sync_channel(EXEC_QUEUE);
         let (plans_tx, plans_rx) = mpsc::channel();
         match std::thread::Builder::new()
@@ -479,33 +737,80 @@ impl TlsProbes {
         }
     }
 
-    /// Attach what the worker found, for at most ATTACH_BUDGET.
+    /// Attach what the worker found (and detach what it found gone) for at most
+    /// ATTACH_BUDGET; a file left unfinished is resumed by the next call.
     pub fn attach_pending(
         &mut self,
         skel: &AlogSkel<'static>,
         mut note: impl FnMut(AttachNote<'_>),
     ) {
-        let t0 = Instant::now();
-        while t0.elapsed() < ATTACH_BUDGET {
+        let deadline = Instant::now() + ATTACH_BUDGET;
+        if let Some(job) = self.resume.take() {
+            self.resume = self.attach(skel, job, Some(deadline), &mut note);
+            if self.resume.is_some() {
+                return;
+            }
+        }
+        while Instant::now() < deadline {
             let Some(rx) = &self.plans_rx else { return };
             match rx.try_recv() {
-                Ok(p) => self.attach(skel, p, &mut note),
+                Ok(ToAttacher::Attach(p)) => {
+                    self.resume = self.attach(skel, Job::new(p), Some(deadline), &mut note);
+                    if self.resume.is_some() {
+                        return;
+                    }
+                }
+                Ok(ToAttacher::Detach(id)) => self.detach(id),
                 Err(_) => return,
             }
         }
     }
 
+    /// Detach a file's probes.
+    fn detach(&mut self, id: FileId) {
+        let Some(links) = self.links.remove(&id) else {
+            return;
+        };
+        self.attached = self.attached.saturating_sub(links.len());
+        self.stats
+            .probes_attached
+            .store(self.attached as u64, Ordering::Relaxed);
+        self.stats.detached.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            "TLS: detached {} probes of a file gone ({}:{})",
+            links.len(),
+            id.dev,
+            id.ino
+        );
+        drop(links);
+    }
+
+    /// Attach one file's probes, function by function, within `max_probes` (what it leaves
+    /// is refused and counted); returns the job unfinished when `deadline` passes first.
     fn attach(
         &mut self,
         skel: &AlogSkel<'static>,
-        plan: Plan,
+        mut job: Job,
+        deadline: Option<Instant>,
         note: &mut impl FnMut(AttachNote<'_>),
-    ) {
-        let mut attached = 0usize;
-        let mut errors = Vec::new();
-        let mut vanished = false;
-        let attach_path = PathBuf::from(format!("/proc/self/fd/{}", plan.file.as_raw_fd()));
-        for f in &plan.target.funcs {
+    ) -> Option<Job> {
+        let attach_path = PathBuf::from(format!("/proc/self/fd/{}", job.plan.file.as_raw_fd()));
+        while job.next < job.plan.target.funcs.len() {
+            if job.next > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                return Some(job);
+            }
+            let f = &job.plan.target.funcs[job.next];
+            job.next += 1;
+            // Once a bound is met, the rest of the file is refused.
+            if job.refused == 0
+                && self.attached + job.links.len() + f.points.len() > self.max_probes
+            {
+                job.refused_why = "the probes allowed in all";
+            }
+            if !job.refused_why.is_empty() {
+                job.refused += f.points.len();
+                continue;
+            }
             let mut group = Vec::with_capacity(f.points.len());
             let mut err = None;
             for p in &f.points {
@@ -525,18 +830,28 @@ impl TlsProbes {
             }
             match err {
                 None => {
-                    attached += group.len();
-                    self.links.extend(group);
+                    job.attached += group.len();
+                    job.links.extend(group);
                 }
                 Some(e) => {
                     // The group's links drop here: a function is probed whole or not at all.
                     if e.kind() == ErrorKind::NotFound {
-                        vanished = true;
+                        job.vanished = true;
                     }
-                    errors.push(format!("{}: {e}", f.func));
+                    job.errors.push(format!("{}: {e}", f.func));
                 }
             }
         }
+        let Job {
+            plan,
+            attached,
+            errors,
+            vanished,
+            refused,
+            refused_why,
+            links,
+            ..
+        } = job;
         let flavor = match plan.target.flavor {
             Flavor::OpenSsl => "openssl",
             Flavor::Go => "go",
@@ -556,7 +871,24 @@ impl TlsProbes {
             (Flavor::OpenSsl, Origin::Library) => "OpenSSL-API library".to_string(),
             (Flavor::OpenSsl, Origin::Executable) => "OpenSSL-API code linked in".to_string(),
         };
-        let state = if attached == 0 {
+        if refused > 0 {
+            tracing::warn!(
+                "TLS: {} ({what}): {refused} probes refused: over {refused_why} ({} probes)",
+                plan.shown,
+                self.max_probes
+            );
+            self.stats.refused(refused);
+        }
+        if !links.is_empty() {
+            self.attached += links.len();
+            self.links.entry(plan.id).or_default().extend(links);
+            self.stats
+                .probes_attached
+                .store(self.attached as u64, Ordering::Relaxed);
+        }
+        let state = if attached == 0 && refused > 0 {
+            FileState::Refused
+        } else if attached == 0 {
             if vanished {
                 // The process (and the path through it) went away: try again next time.
                 tracing::debug!("TLS: {} vanished before it was probed", plan.shown);
@@ -568,7 +900,7 @@ impl TlsProbes {
                     probes: 0,
                     error: Some(errors.join("; ")),
                 });
-                return;
+                return None;
             }
             tracing::warn!(
                 "TLS: cannot probe {} ({what}): {}",
@@ -601,7 +933,10 @@ impl TlsProbes {
             probes: attached,
             error: (!errors.is_empty()).then(|| errors.join("; ")),
         });
-        lock(&self.registry).insert(plan.id, state);
+        if let Some(seen) = lock(&self.registry).get_mut(&plan.id) {
+            seen.state = state;
+        }
+        None
     }
 }
 
@@ -635,8 +970,9 @@ fn program<'a>(skel: &'a AlogSkel<'static>, p: Probe) -> &'a ProgramMut<'static>
     }
 }
 
-/// The worker: exec notifications in, plans out; delayed and periodic rescans.
-fn worker(mut scanner: Scanner, rx: Receiver<ExecNote>, tx: Sender<Plan>) {
+/// The worker: exec notifications in, plans out; delayed and periodic rescans, each
+/// periodic one with a sweep of the files gone.
+fn worker(mut scanner: Scanner, rx: Receiver<ExecNote>, tx: Sender<ToAttacher>) {
     let mut delayed: BinaryHeap<std::cmp::Reverse<(Instant, u32)>> = BinaryHeap::new();
     let mut next_full = Instant::now() + FULL_RESCAN;
     let mut out = Vec::new();
@@ -667,14 +1003,152 @@ fn worker(mut scanner: Scanner, rx: Receiver<ExecNote>, tx: Sender<Plan>) {
             delayed.pop();
             scanner.scan_maps(pid, &mut out);
         }
+        let mut detach = Vec::new();
         if now >= next_full {
-            scanner.rescan_processes(&mut out);
+            detach = scanner.rescan_and_sweep(&mut out);
             next_full = Instant::now() + FULL_RESCAN;
         }
-        for p in out.drain(..) {
-            if tx.send(p).is_err() {
+        // Detach first: a file gone whose inode is already reused by a new one found in
+        // the same rescan gets the new file's probes after.
+        let msgs = detach
+            .into_iter()
+            .map(ToAttacher::Detach)
+            .chain(out.drain(..).map(ToAttacher::Attach));
+        for m in msgs {
+            if tx.send(m).is_err() {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(state: FileState, path: &str) -> Seen {
+        Seen {
+            state,
+            path: PathBuf::from(path),
+        }
+    }
+
+    fn id(ino: u64) -> FileId {
+        FileId { dev: 1, ino }
+    }
+
+    #[test]
+    fn files_gone_are_the_unmapped_whose_path_leads_elsewhere() {
+        let mut files = Files::new();
+        files.insert(id(1), seen(FileState::Attached, "/lib/libssl.so.3"));
+        files.insert(id(2), seen(FileState::Attached, "/proc/7/exe"));
+        files.insert(id(3), seen(FileState::NoTls, "/usr/bin/ls"));
+        files.insert(id(4), seen(FileState::Pending, "/gone"));
+        files.insert(id(5), seen(FileState::Refused, "/gone"));
+        files.insert(id(6), seen(FileState::Attached, "/lib/replaced.so"));
+        // ino 1 still at its path; 2 mapped; 3 mapped; 6's path is a new file now.
+        let live: HashSet<FileId> = [id(2), id(3)].into();
+        let identity = |p: &Path| match p.to_str() {
+            Some("/lib/libssl.so.3") => Some(id(1)),
+            Some("/lib/replaced.so") => Some(id(60)),
+            _ => None,
+        };
+        let mut gone = gone_files(&files, &live, identity);
+        gone.sort();
+        // Pending files are being analysed or attached: never swept.
+        assert_eq!(gone, vec![id(5), id(6)]);
+    }
+
+    fn scanner() -> Scanner {
+        Scanner::new(Arc::default(), Arc::default(), Vec::new())
+    }
+
+    /// A copy of `sleep` run from a temp dir: mapped while it runs, even once deleted.
+    #[test]
+    fn sweep_forgets_a_file_once_its_last_process_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("alog-sweep-sleep");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let fid = FileId::of(&exe).unwrap();
+        let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        // Only that process; the host's library directories count as scanned (start-up).
+        let mut sc = Scanner::new(Arc::default(), Arc::default(), vec![child.id()]);
+        sc.roots.extend(FileId::of_dir(Path::new("/")));
+        let mut out = Vec::new();
+        // Wait for the exec to be visible.
+        let t0 = Instant::now();
+        while FileId::of(Path::new(&format!("/proc/{}/exe", child.id()))) != Some(fid) {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sc.rescan_processes(&mut out);
+        assert!(out.is_empty(), "sleep has no TLS code");
+        assert_eq!(
+            lock(&sc.registry).get(&fid).map(|s| s.state),
+            Some(FileState::NoTls)
+        );
+        // Pretend it was probed, and a file with no process and no path.
+        lock(&sc.registry).get_mut(&fid).unwrap().state = FileState::Attached;
+        let ghost = FileId {
+            dev: u64::MAX,
+            ino: 42,
+        };
+        lock(&sc.registry).insert(ghost, seen(FileState::Attached, "/nonexistent/x"));
+        std::fs::remove_file(&exe).unwrap();
+        // Still mapped by the running process: kept.
+        let detach = sc.rescan_and_sweep(&mut out);
+        assert_eq!(detach, vec![ghost]);
+        assert!(lock(&sc.registry).contains_key(&fid));
+        assert!(!lock(&sc.registry).contains_key(&ghost));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let detach = sc.rescan_and_sweep(&mut out);
+        assert_eq!(detach, vec![fid]);
+        // Its libraries too (found through the process alone).
+        assert!(lock(&sc.registry).is_empty(), "{:?}", lock(&sc.registry));
+    }
+
+    #[test]
+    fn probes_per_process_are_capped() {
+        let Some(lib) = procfs::LIB_DIRS
+            .iter()
+            .map(|d| Path::new(d).join("libssl.so.3"))
+            .find(|p| p.exists())
+        else {
+            eprintln!("no libssl.so.3 here: skipped");
+            return;
+        };
+        let per_file = match tls::inspect(&lib).unwrap() {
+            Inspection::Tls(t) => t.probe_count(),
+            other => panic!("{other:?}"),
+        };
+        // Copies: each its own inode, so each needs its own probes.
+        let dir = tempfile::tempdir().unwrap();
+        let fit = MAX_PROBES_PER_PROCESS / per_file;
+        let mut sc = scanner();
+        let mut out = Vec::new();
+        for i in 0..fit + 3 {
+            let p = dir.path().join(format!("libssl-{i}.so.3"));
+            std::fs::copy(&lib, &p).unwrap();
+            sc.consider(&p, format!("copy {i}"), Origin::Library, Some(7), &mut out);
+        }
+        assert_eq!(out.len(), fit);
+        let st = TlsStatsSource(Arc::clone(&sc.stats)).get();
+        assert_eq!(st.files_refused, 3);
+        assert_eq!(st.probes_refused, 3 * per_file as u64);
+        let refused = lock(&sc.registry)
+            .values()
+            .filter(|s| s.state == FileState::Refused)
+            .count();
+        assert_eq!(refused, 3);
+        // Another process has its own allowance; files found through none are not
+        // counted against any.
+        let p = dir.path().join("libssl-other.so.3");
+        std::fs::copy(&lib, &p).unwrap();
+        sc.consider(&p, "other".into(), Origin::Library, Some(8), &mut out);
+        let p = dir.path().join("libssl-host.so.3");
+        std::fs::copy(&lib, &p).unwrap();
+        sc.consider(&p, "host".into(), Origin::Library, None, &mut out);
+        assert_eq!(out.len(), fit + 2);
     }
 }

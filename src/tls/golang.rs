@@ -1,14 +1,20 @@
 //! Go binaries: toolchain version (`.go.buildinfo`), function table (`.gopclntab`, present
 //! in stripped binaries too), and the RET instructions of a function (Go's stacks move,
-//! so returns are probed at each RET instead of with uretprobes).
+//! so returns are probed at each RET instead of with uretprobes). The table's counts and
+//! offsets come from a file a pod controls: every one is bounded by the table's size and
+//! every sum checked; the walk and the decoding draw on the inspection's `Budget`.
 
 use std::collections::HashMap;
 
 use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic, OpKind, Register};
-use object::read::elf::ElfFile64;
-use object::{Endianness, Object, ObjectSection};
+use object::{Object, ObjectSection};
 
-use super::elf;
+use super::budget::Budget;
+use super::elf::{self, Elf};
+
+/// Most RET instructions probed in one function (each is a uprobe); real crypto/tls
+/// functions have a handful.
+pub const MAX_RETS_PER_FUNC: usize = 64;
 
 /// Why a Go binary's functions could not be found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +29,10 @@ pub enum GoError {
     Undecodable(String),
     #[error("{0} has no RET instruction")]
     NoReturn(String),
+    #[error("{0} has more than {MAX_RETS_PER_FUNC} RET instructions")]
+    TooManyReturns(String),
+    #[error("inspection budget spent")]
+    OverBudget,
 }
 
 /// Function table versions, by the pclntab magic.
@@ -48,7 +58,7 @@ impl PclnVersion {
 }
 
 /// The Go release a binary was built with ("go1.19.8"), from `.go.buildinfo`.
-pub fn build_version(file: &ElfFile64<'_, Endianness>, data: &[u8]) -> Option<String> {
+pub fn build_version(file: &Elf<'_>) -> Option<String> {
     let (info, _) = elf::section(file, ".go.buildinfo")?;
     const MAGIC: &[u8] = b"\xff Go buildinf:";
     if info.len() < 32 || !info.starts_with(MAGIC) {
@@ -68,19 +78,23 @@ pub fn build_version(file: &ElfFile64<'_, Endianness>, data: &[u8]) -> Option<St
     }
     // Older: a pointer to a Go string header {ptr, len}.
     let hdr_addr = u64::from_le_bytes(info.get(16..24)?.try_into().ok()?);
-    let hdr = elf::bytes_at(file, data, hdr_addr, 16)?;
+    let hdr = elf::bytes_at(file, hdr_addr, 16)?;
     let ptr = u64::from_le_bytes(hdr[..8].try_into().ok()?);
     let len = u64::from_le_bytes(hdr[8..16].try_into().ok()?);
     if len > 128 {
         return None;
     }
-    let s = elf::bytes_at(file, data, ptr, len)?;
+    let s = elf::bytes_at(file, ptr, len)?;
     Some(String::from_utf8_lossy(s).into_owned())
 }
 
 fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
     for (i, &byte) in b.iter().enumerate().take(10) {
+        // The tenth byte holds only the top bit; more is not a u64.
+        if i == 9 && byte > 1 {
+            return None;
+        }
         v |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
             return Some((v, i + 1));
@@ -119,7 +133,8 @@ pub struct Pclntab<'d> {
 impl<'d> Pclntab<'d> {
     /// Find and check the table: the `.gopclntab` section, else a search of the
     /// read-only data for its header.
-    pub fn find(file: &ElfFile64<'d, Endianness>) -> Result<Self, GoError> {
+    pub fn find(file: &Elf<'d>) -> Result<Self, GoError> {
+        let budget = file.data().budget();
         let text = file
             .section_by_name(".text")
             .map(|s| s.address())
@@ -132,11 +147,15 @@ impl<'d> Pclntab<'d> {
                 continue;
             };
             let mut at = 0;
-            while let Some(i) = find_magic(&data[at..]) {
-                if let Ok(t) = Self::parse(&data[at + i..], text) {
+            while let Some(i) = data.get(at..).and_then(find_magic) {
+                if !budget.entry() {
+                    return Err(GoError::OverBudget);
+                }
+                let start = at.saturating_add(i);
+                if let Ok(t) = Self::parse(&data[start..], text) {
                     return Ok(t);
                 }
-                at += i + 4;
+                at = start.saturating_add(4);
             }
         }
         Err(GoError::NoPclntab)
@@ -157,7 +176,7 @@ impl<'d> Pclntab<'d> {
             return Err(GoError::Corrupt("pointer size is not 8"));
         }
         let word = |i: usize| -> Result<u64, GoError> {
-            let at = 8 + i * 8;
+            let at = 8 + i * 8; // i < 8
             data.get(at..at + 8)
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
                 .ok_or(GoError::Corrupt("short header"))
@@ -185,12 +204,18 @@ impl<'d> Pclntab<'d> {
             funcnametab,
             functab,
         };
-        // The functab (nfunc pairs and an end marker) must fit.
-        let need = (nfunc * 2 + 1)
-            .checked_mul(t.field())
+        // The functab (nfunc pairs and an end marker) must fit; each function takes at
+        // least a pair of 4-byte fields.
+        if nfunc == 0 || nfunc > data.len() / 8 {
+            return Err(GoError::Corrupt("nfunc"));
+        }
+        let need = nfunc
+            .checked_mul(2)
+            .and_then(|n| n.checked_add(1))
+            .and_then(|n| n.checked_mul(t.field()))
             .and_then(|n| n.checked_add(functab))
             .ok_or(GoError::Corrupt("nfunc"))?;
-        if nfunc == 0 || need > data.len() {
+        if need > data.len() {
             return Err(GoError::Corrupt("function table outside the data"));
         }
         Ok(t)
@@ -216,40 +241,59 @@ impl<'d> Pclntab<'d> {
         })
     }
 
+    /// Byte offset of field `k` of functab pair `i`.
+    fn slot(&self, i: usize, k: usize) -> Option<usize> {
+        let f = self.field();
+        i.checked_mul(2)?
+            .checked_add(k)?
+            .checked_mul(f)?
+            .checked_add(self.functab)
+    }
+
     /// Entry address of functab slot `i` (slot `nfunc` is the end of the last function).
     fn entry(&self, i: usize) -> Option<u64> {
         let f = self.field();
-        let v = self.read(self.functab + i * 2 * f, f)?;
-        Some(match self.version {
-            PclnVersion::Go116 => v,
-            _ => self.text_start + v,
-        })
+        let v = self.read(self.slot(i, 0)?, f)?;
+        match self.version {
+            PclnVersion::Go116 => Some(v),
+            _ => self.text_start.checked_add(v),
+        }
     }
 
-    /// Name of the function in functab slot `i`.
-    fn name(&self, i: usize) -> Option<&'d [u8]> {
+    /// Name of the function in functab slot `i`, if it is at most `max_len` bytes long
+    /// (names are compared with known ones: no need to scan further for the NUL).
+    fn name(&self, i: usize, max_len: usize) -> Option<&'d [u8]> {
         let f = self.field();
-        let funcoff = usize::try_from(self.read(self.functab + (i * 2 + 1) * f, f)?).ok()?;
+        let funcoff = usize::try_from(self.read(self.slot(i, 1)?, f)?).ok()?;
         let func = self.functab.checked_add(funcoff)?;
         // _func: entry (uintptr in 1.16/1.17, uint32 offset later), then nameOff int32.
-        let name_at = func + f;
+        let name_at = func.checked_add(f)?;
         let name_off = self.read(name_at, 4)? as u32 as i32;
-        let start =
-            usize::try_from(i64::try_from(self.funcnametab).ok()? + i64::from(name_off)).ok()?;
-        let rest = self.data.get(start..)?;
-        let len = rest.iter().position(|&b| b == 0)?;
-        Some(&rest[..len])
+        let start = i64::try_from(self.funcnametab)
+            .ok()?
+            .checked_add(i64::from(name_off))?;
+        let rest = self.data.get(usize::try_from(start).ok()?..)?;
+        let head = &rest[..rest.len().min(max_len.saturating_add(1))];
+        let len = head.iter().position(|&b| b == 0)?;
+        Some(&head[..len])
     }
 
-    /// Find functions by their full Go names ("crypto/tls.(*Conn).Read").
-    pub fn lookup<'n>(&self, names: &[&'n str]) -> HashMap<&'n str, GoFunc> {
+    /// Find functions by their full Go names ("crypto/tls.(*Conn).Read"). Stops early
+    /// when the budget runs out (the caller asks the budget).
+    pub fn lookup<'n>(&self, names: &[&'n str], budget: &Budget) -> HashMap<&'n str, GoFunc> {
         let mut out = HashMap::new();
+        let max_len = names.iter().map(|n| n.len()).max().unwrap_or(0);
         for i in 0..self.nfunc {
-            let Some(name) = self.name(i) else { continue };
+            if !budget.entry() {
+                break;
+            }
+            let Some(name) = self.name(i, max_len) else {
+                continue;
+            };
             let Some(n) = names.iter().find(|n| n.as_bytes() == name) else {
                 continue;
             };
-            if let (Some(entry), Some(end)) = (self.entry(i), self.entry(i + 1)) {
+            if let (Some(entry), Some(end)) = (self.entry(i), self.entry(i.saturating_add(1))) {
                 if end > entry {
                     out.entry(*n).or_insert(GoFunc { entry, end });
                 }
@@ -277,17 +321,33 @@ fn find_magic(data: &[u8]) -> Option<usize> {
 /// Addresses of every RET instruction of the function whose machine code is `code`,
 /// loaded at `entry`. Decoded instruction by instruction from the entry, so that no
 /// byte 0xC3 inside another instruction is taken for a RET (a probe there would corrupt
-/// the target).
-pub fn ret_addresses(code: &[u8], entry: u64, name: &str) -> Result<Vec<u64>, GoError> {
+/// the target). More than `MAX_RETS_PER_FUNC` is an error: all or none are probed.
+pub fn ret_addresses(
+    code: &[u8],
+    entry: u64,
+    name: &str,
+    budget: &Budget,
+) -> Result<Vec<u64>, GoError> {
+    // An entry so close to the end of the address space that the code would wrap is
+    // not real code.
+    if entry.checked_add(code.len() as u64).is_none() {
+        return Err(GoError::Undecodable(name.to_string()));
+    }
     let mut dec = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
     let mut out = Vec::new();
     let mut instr = iced_x86::Instruction::default();
     while dec.can_decode() {
+        if !budget.instruction() {
+            return Err(GoError::OverBudget);
+        }
         dec.decode_out(&mut instr);
         if instr.is_invalid() {
             return Err(GoError::Undecodable(name.to_string()));
         }
         if matches!(instr.code(), Code::Retnq | Code::Retnq_imm16) {
+            if out.len() == MAX_RETS_PER_FUNC {
+                return Err(GoError::TooManyReturns(name.to_string()));
+            }
             out.push(instr.ip());
         }
     }
@@ -337,7 +397,12 @@ pub fn entry_probe_address(code: &[u8], entry: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::budget::{Limit, Limits};
     use super::*;
+
+    fn budget() -> Budget {
+        Budget::new(Limits::DEFAULT)
+    }
 
     /// A Go 1.20-style table with two functions ("a.f" at text+0x10, "b.g" at
     /// text+0x40, end text+0x80).
@@ -372,7 +437,7 @@ mod tests {
         let t = table();
         let p = Pclntab::parse(&t, 0x401000).unwrap();
         assert_eq!(p.version(), PclnVersion::Go120);
-        let f = p.lookup(&["b.g", "a.f", "c.h"]);
+        let f = p.lookup(&["b.g", "a.f", "c.h"], &budget());
         assert_eq!(
             f["a.f"],
             GoFunc {
@@ -390,7 +455,7 @@ mod tests {
         assert!(!f.contains_key("c.h"));
         // Without a .text address the header's own textStart is used.
         let p = Pclntab::parse(&t, 0).unwrap();
-        assert_eq!(p.lookup(&["a.f"])["a.f"].entry, 0x1010);
+        assert_eq!(p.lookup(&["a.f"], &budget())["a.f"].entry, 0x1010);
     }
 
     #[test]
@@ -412,21 +477,94 @@ mod tests {
     }
 
     #[test]
+    fn huge_nfunc_is_rejected() {
+        // nfunc = 2^63: `nfunc * 2 + 1` wraps to 1 in release builds, and a table that
+        // passed the size check would be walked 2^63 times.
+        let mut t = table();
+        t[8..16].copy_from_slice(&(1u64 << 63).to_le_bytes());
+        assert!(Pclntab::parse(&t, 0).is_err());
+        for n in [u64::MAX, u64::MAX / 2 + 1, (t.len() as u64) / 8 + 1] {
+            t[8..16].copy_from_slice(&n.to_le_bytes());
+            assert!(Pclntab::parse(&t, 0).is_err(), "nfunc {n:#x}");
+        }
+    }
+
+    #[test]
+    fn addresses_past_the_end_of_the_address_space() {
+        // runtime.text near u64::MAX: entry = text + offset overflows.
+        let t = table();
+        let p = Pclntab::parse(&t, u64::MAX - 0x20).unwrap();
+        assert!(p.lookup(&["a.f", "b.g"], &budget()).is_empty());
+    }
+
+    #[test]
+    fn returns_per_function_are_capped() {
+        // 1 MiB of RET instructions: one probe each would be a million uprobes.
+        let code = vec![0xc3u8; 1 << 20];
+        assert_eq!(
+            ret_addresses(&code, 0x1000, "f", &budget()),
+            Err(GoError::TooManyReturns("f".into()))
+        );
+        let code = vec![0xc3u8; MAX_RETS_PER_FUNC];
+        assert_eq!(
+            ret_addresses(&code, 0x1000, "f", &budget()).map(|r| r.len()),
+            Ok(MAX_RETS_PER_FUNC)
+        );
+        // Code that would run past the end of the address space.
+        assert!(ret_addresses(&[0x90, 0xc3], u64::MAX - 1, "f", &budget()).is_err());
+    }
+
+    #[test]
+    fn walks_stop_at_the_budget() {
+        let t = table();
+        let p = Pclntab::parse(&t, 0x401000).unwrap();
+        let b = Budget::new(Limits {
+            entries: 1,
+            ..Limits::DEFAULT
+        });
+        // "b.g" is the second entry: not reached.
+        assert!(p.lookup(&["b.g"], &b).is_empty());
+        assert_eq!(b.hit(), Some(Limit::Entries));
+        let b = Budget::new(Limits {
+            instructions: 3,
+            ..Limits::DEFAULT
+        });
+        assert_eq!(
+            ret_addresses(&[0x90, 0x90, 0x90, 0xc3], 0, "f", &b),
+            Err(GoError::OverBudget)
+        );
+        assert_eq!(b.hit(), Some(Limit::Instructions));
+    }
+
+    #[test]
+    fn names_are_read_only_as_far_as_needed() {
+        // A name with no NUL before the end of the table: no match, and no scan of the
+        // rest of the table per function.
+        let mut t = table();
+        let names_at = t.iter().position(|&b| b == b'a').unwrap();
+        t[names_at + 3] = b'x'; // "a.fxb.g\0"
+        let p = Pclntab::parse(&t, 0).unwrap();
+        let f = p.lookup(&["a.f", "b.g"], &budget());
+        assert!(!f.contains_key("a.f"));
+        assert!(f.contains_key("b.g"));
+    }
+
+    #[test]
     fn rets_only_at_instruction_boundaries() {
         // mov eax, 0xc3c3c3c3 ; ret ; add rax, rcx ; ret 8 ; int3 ; int3
         let code = [
             0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0x48, 0x01, 0xc8, 0xc2, 0x08, 0x00, 0xcc, 0xcc,
         ];
-        let r = ret_addresses(&code, 0x1000, "f").unwrap();
+        let r = ret_addresses(&code, 0x1000, "f", &budget()).unwrap();
         assert_eq!(r, vec![0x1005, 0x1009]);
         // No RET at all.
         assert_eq!(
-            ret_addresses(&[0x90, 0x90], 0, "g"),
+            ret_addresses(&[0x90, 0x90], 0, "g", &budget()),
             Err(GoError::NoReturn("g".into()))
         );
         // Truncated instruction.
         assert!(matches!(
-            ret_addresses(&[0xb8, 0x01], 0, "h"),
+            ret_addresses(&[0xb8, 0x01], 0, "h", &budget()),
             Err(GoError::Undecodable(_))
         ));
     }
@@ -460,5 +598,10 @@ mod tests {
         assert_eq!(minor_version("devel go1.23-abc"), Some(23));
         assert_eq!(minor_version("weird"), None);
         assert_eq!(uvarint(&[0x96, 0x01]), Some((150, 2)));
+        assert_eq!(uvarint(&[0xff; 10]), None);
+        assert_eq!(
+            uvarint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            Some((u64::MAX, 10))
+        );
     }
 }

@@ -6,14 +6,27 @@
 //!   binaries work; returns are probed at each RET instruction.
 //!
 //! This module only reads files; `capture::tls` attaches the probes and `procfs` finds
-//! the files in use on the node.
+//! the files in use on the node. The files belong to whoever runs them (any pod): they
+//! are read in owned pieces (never mapped), within a `Budget` of bytes, work and time, and
+//! a file yields at most `MAX_PROBES_PER_FILE` probes.
 
+pub mod budget;
 pub mod elf;
 pub mod golang;
+pub mod image;
 pub mod openssl;
 pub mod procfs;
 
 use std::path::Path;
+
+pub use budget::{Budget, Limit, Limits};
+pub use image::Image;
+
+/// Most probes attached in one file (OpenSSL needs 12; Go three functions, each an entry
+/// and its RETs, at most `golang::MAX_RETS_PER_FUNC`).
+pub const MAX_PROBES_PER_FILE: usize = 256;
+/// Longest function decoded for its RET instructions; crypto/tls functions are a few KiB.
+pub const MAX_FUNC_BYTES: u64 = 1 << 20;
 
 /// The BPF program a probe runs (see the TLS section of `src/bpf/alog.bpf.c`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,6 +116,10 @@ pub enum Inspection {
     Tls(TlsTarget),
     /// TLS code that cannot be probed (reason for the log).
     Unsupported(String),
+    /// The inspection stopped at a limit of its `Budget`: nothing is known of the file.
+    OverBudget(Limit),
+    /// TLS code that would take more probes than a file may have (reason for the log).
+    TooManyProbes(String),
 }
 
 /// OpenSSL-API functions and their probes; the first two must exist.
@@ -135,28 +152,51 @@ pub fn inspect(path: &Path) -> std::io::Result<Inspection> {
     inspect_file(&std::fs::File::open(path)?)
 }
 
-/// Look at an open file.
+/// Look at an open file, within `Limits::DEFAULT`.
 pub fn inspect_file(f: &std::fs::File) -> std::io::Result<Inspection> {
-    let m = elf::Mapped::of_file(f)?;
-    if !m.is_elf() {
-        return Ok(Inspection::NoTls);
-    }
-    let Ok(file) = m.parse() else {
-        return Ok(Inspection::NoTls);
-    };
-    if !elf::is_x86_64(&file) {
-        return Ok(Inspection::NoTls);
-    }
-    if let Some(t) = inspect_openssl(&file, m.data()) {
-        return Ok(t);
-    }
-    Ok(inspect_go(&file, m.data()))
+    inspect_file_with(f, Limits::DEFAULT)
 }
 
-fn inspect_openssl(
-    file: &object::read::elf::ElfFile64<'_, object::Endianness>,
-    data: &[u8],
-) -> Option<Inspection> {
+/// Look at an open file within these limits. An I/O error (not a file shorter than its
+/// headers say, which is `NoTls`) means nothing is known of the file.
+pub fn inspect_file_with(f: &std::fs::File, limits: Limits) -> std::io::Result<Inspection> {
+    let image = Image::of_file(f, limits)?;
+    let found = inspect_image(&image);
+    if let Some(e) = image.io_error() {
+        return Err(e);
+    }
+    if let Some(l) = image.budget().hit() {
+        return Ok(Inspection::OverBudget(l));
+    }
+    if let Inspection::Tls(t) = &found {
+        // Each part is bounded already; the sum too.
+        if t.probe_count() > MAX_PROBES_PER_FILE {
+            return Ok(Inspection::TooManyProbes(format!(
+                "{} probes (at most {MAX_PROBES_PER_FILE} per file)",
+                t.probe_count()
+            )));
+        }
+    }
+    Ok(found)
+}
+
+fn inspect_image(image: &Image) -> Inspection {
+    if !image.is_elf() {
+        return Inspection::NoTls;
+    }
+    let Ok(file) = image.parse() else {
+        return Inspection::NoTls;
+    };
+    if !elf::is_x86_64(&file) {
+        return Inspection::NoTls;
+    }
+    if let Some(t) = inspect_openssl(&file) {
+        return t;
+    }
+    inspect_go(&file)
+}
+
+fn inspect_openssl(file: &elf::Elf<'_>) -> Option<Inspection> {
     let names: Vec<&str> = SSL_FUNCS.iter().map(|f| f.0).collect();
     let found = elf::defined_funcs(file, &names);
     if !found.contains_key("SSL_read") || !found.contains_key("SSL_write") {
@@ -166,7 +206,7 @@ fn inspect_openssl(
     // replace the four public functions of their side (see `openssl`).
     let exported: Vec<u64> = found.values().map(|f| f.addr).collect();
     let internal = |ex: &str, plain: &str| match (found.get(ex), found.get(plain)) {
-        (Some(e), Some(p)) => openssl::internal(file, data, *e, *p, &exported),
+        (Some(e), Some(p)) => openssl::internal(file, *e, *p, &exported),
         _ => None,
     };
     let mut read_internal = internal("SSL_read_ex", "SSL_read");
@@ -222,23 +262,21 @@ fn inspect_openssl(
     }))
 }
 
-fn inspect_go(
-    file: &object::read::elf::ElfFile64<'_, object::Endianness>,
-    data: &[u8],
-) -> Inspection {
+fn inspect_go(file: &elf::Elf<'_>) -> Inspection {
+    let budget = file.data().budget();
     let is_go = elf::has_section(file, ".go.buildinfo")
         || elf::has_section(file, ".gopclntab")
         || elf::has_section(file, ".note.go.buildid");
     if !is_go {
         return Inspection::NoTls;
     }
-    let version = golang::build_version(file, data);
+    let version = golang::build_version(file);
     let table = match golang::Pclntab::find(file) {
         Ok(t) => t,
         Err(e) => return Inspection::Unsupported(format!("Go binary: {e}")),
     };
     let names: Vec<&str> = GO_FUNCS.iter().map(|f| f.0).collect();
-    let found = table.lookup(&names);
+    let found = table.lookup(&names, budget);
     if !found.contains_key(GO_FUNCS[0].0) || !found.contains_key(GO_FUNCS[1].0) {
         // A Go program that does not use crypto/tls.
         return Inspection::NoTls;
@@ -257,16 +295,25 @@ fn inspect_go(
     let mut funcs = Vec::new();
     for &(name, enter, ret) in GO_FUNCS {
         let Some(f) = found.get(name) else { continue };
-        let code = elf::bytes_at(file, data, f.entry, f.end - f.entry);
-        let Some(code) = code else {
+        // lookup() returns end > entry.
+        let len = f.end.saturating_sub(f.entry);
+        if len > MAX_FUNC_BYTES {
+            return Inspection::Unsupported(format!(
+                "{name}: {len} bytes long (at most {MAX_FUNC_BYTES} are decoded)"
+            ));
+        }
+        let Some(code) = elf::bytes_at(file, f.entry, len) else {
             return Inspection::Unsupported(format!("{name}: code outside the file image"));
         };
         let Some(entry_off) = elf::file_offset(file, golang::entry_probe_address(code, f.entry))
         else {
             return Inspection::Unsupported(format!("{name}: code outside the file image"));
         };
-        let rets = match golang::ret_addresses(code, f.entry, name) {
+        let rets = match golang::ret_addresses(code, f.entry, name, budget) {
             Ok(r) => r,
+            Err(e @ golang::GoError::TooManyReturns(_)) => {
+                return Inspection::TooManyProbes(e.to_string())
+            }
             Err(e) => return Inspection::Unsupported(e.to_string()),
         };
         let mut points = vec![ProbePoint {
@@ -323,6 +370,55 @@ mod tests {
             }
             other => panic!("{}: {other:?}", p.display()),
         }
+    }
+
+    /// A library or executable truncated and rewritten while it is read (a container can
+    /// do that to its own files): inspection fails or succeeds, the process lives on.
+    #[test]
+    fn file_truncated_while_inspected() {
+        let src = procfs::LIB_DIRS
+            .iter()
+            .map(|d| Path::new(d).join("libssl.so.3"))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| std::env::current_exe().unwrap());
+        let bytes = std::fs::read(&src).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("libssl.so.3");
+        std::fs::write(&p, &bytes).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+                let mut round = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.set_len(0).unwrap();
+                    // Back in a few pieces, so that reads meet many lengths.
+                    let piece = bytes.len() / 4 + 1 + round % 7;
+                    for (i, chunk) in bytes.chunks(piece).enumerate() {
+                        f.write_all_at(chunk, (i * piece) as u64).unwrap();
+                    }
+                    round += 1;
+                }
+            })
+        };
+        let t0 = std::time::Instant::now();
+        let mut seen = [0u32; 3];
+        while t0.elapsed() < std::time::Duration::from_secs(2) {
+            let f = std::fs::File::open(&p).unwrap();
+            match inspect_file(&f) {
+                Ok(Inspection::Tls(_)) => seen[0] += 1,
+                Ok(_) => seen[1] += 1,
+                Err(_) => seen[2] += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
+        eprintln!(
+            "inspections of a file truncated meanwhile: {} found TLS, {} not, {} failed",
+            seen[0], seen[1], seen[2]
+        );
     }
 
     #[test]

@@ -17,21 +17,19 @@
 //! are probed as before.
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
-use object::read::elf::ElfFile64;
-use object::Endianness;
 
-use super::elf::{self, Func};
+use super::elf::{self, Elf, Func};
 
 /// Bytes decoded at most per wrapper.
 const WRAPPER_BYTES: u64 = 256;
 
-fn code<'d>(file: &ElfFile64<'d, Endianness>, data: &'d [u8], f: Func) -> Option<&'d [u8]> {
+fn code<'d>(file: &Elf<'d>, f: Func) -> Option<&'d [u8]> {
     let len = if f.size == 0 {
         WRAPPER_BYTES
     } else {
         f.size.min(WRAPPER_BYTES)
     };
-    elf::bytes_at(file, data, f.addr, len)
+    elf::bytes_at(file, f.addr, len)
 }
 
 /// Target of the first direct call in `code` (address order), if any.
@@ -96,15 +94,9 @@ pub fn emulated_entry(code: &[u8]) -> bool {
 
 /// The internal function behind a wrapper pair (`SSL_read_ex` + `SSL_read`, or the write
 /// pair), if it can be trusted (see the module comment).
-pub fn internal(
-    file: &ElfFile64<'_, Endianness>,
-    data: &[u8],
-    ex: Func,
-    plain: Func,
-    exported: &[u64],
-) -> Option<u64> {
-    let target = passthrough_call(code(file, data, ex)?, ex.addr)?;
-    if first_call(code(file, data, plain)?, plain.addr)? != target {
+pub fn internal(file: &Elf<'_>, ex: Func, plain: Func, exported: &[u64]) -> Option<u64> {
+    let target = passthrough_call(code(file, ex)?, ex.addr)?;
+    if first_call(code(file, plain)?, plain.addr)? != target {
         return None;
     }
     if exported.contains(&target) {
@@ -114,7 +106,7 @@ pub fn internal(
     if section.starts_with(".plt") || section != ".text" {
         return None;
     }
-    let entry = elf::bytes_at(file, data, target, 2)?;
+    let entry = elf::bytes_at(file, target, 2)?;
     emulated_entry(entry).then_some(target)
 }
 
