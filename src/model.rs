@@ -322,6 +322,10 @@ pub struct StatsRecord {
     /// The kernel hook each part of capture runs on (live capture only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub hooks: Option<HookRungs>,
+    /// TLS probes: files probed, refused by a bound, detached (live capture with TLS
+    /// probes only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tls_probes: Option<crate::capture::TlsAttachStats>,
 }
 
 /// The rung of each data hook: "tracepoint", "fentry", "kprobe" or "syscall"; None: not
@@ -520,6 +524,10 @@ mod tests {
             attribution: None,
             tls_not_visible: Vec::new(),
             hooks: None,
+            tls_probes: Some(crate::capture::TlsAttachStats {
+                files_refused: 2,
+                ..Default::default()
+            }),
         });
         let s = serde_json::to_string(&rec).unwrap();
         assert!(s.starts_with(r#"{"kind":"stats","v":1"#), "{s}");

@@ -4,11 +4,12 @@
 //! are on unless `K8S_ALOG_TLS=0`. `K8S_ALOG_DEBUG_EVENTS=PATH` logs every event (`debug`).
 
 pub mod debug;
+pub mod drain;
 pub mod event;
 pub mod hooks;
 pub mod tls;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -132,6 +133,11 @@ pub struct KernelCounters {
     /// Reads after a socket closed whose state was no longer held: not recorded.
     #[serde(default)]
     pub late_untracked: u64,
+    /// Drains of the ring buffer that stopped at their bound with records still waiting:
+    /// the event thread was saturated (ticks, stats and stop went on regardless). Kept in
+    /// user space, reported beside the kernel's counters.
+    #[serde(default)]
+    pub ring_drains_bounded: u64,
 }
 
 /// Receives everything capture produces, on the polling thread.
@@ -152,8 +158,10 @@ pub struct Capture {
     attached_at: Instant,
     /// TLS probes (None when disabled with K8S_ALOG_TLS=0).
     tls: RefCell<Option<tls::TlsProbes>>,
-    tls_stats: TlsStatsSource,
+    /// None when TLS probes were not started.
+    tls_stats: Option<TlsStatsSource>,
     debug: RefCell<Option<debug::DebugLog>>,
+    drains_bounded: Cell<u64>,
 }
 
 /// The environment variable that turns TLS probes off ("0", "off", "false", "no").
@@ -259,7 +267,7 @@ impl Capture {
         }
         let mut debug_log = debug::DebugLog::from_env();
         let mut tls_probes = None;
-        let mut tls_stats = TlsStatsSource::default();
+        let mut tls_stats = None;
         if tls {
             // Exec notifications first, so that no process started during the scan
             // below goes unseen.
@@ -274,7 +282,7 @@ impl Capture {
                     d.attach(&n);
                 }
             });
-            tls_stats = probes.stats_source();
+            tls_stats = Some(probes.stats_source());
             tls_probes = Some(probes);
         } else if tls_enabled() {
             tracing::debug!("TLS probes not started");
@@ -290,6 +298,7 @@ impl Capture {
             tls: RefCell::new(tls_probes),
             tls_stats,
             debug: RefCell::new(debug_log),
+            drains_bounded: Cell::new(0),
         })
     }
 
@@ -300,12 +309,15 @@ impl Capture {
 
     /// TLS probe attachment counters now.
     pub fn tls_stats(&self) -> TlsAttachStats {
-        self.tls_stats.get()
+        self.tls_stats
+            .as_ref()
+            .map(TlsStatsSource::get)
+            .unwrap_or_default()
     }
 
     /// A handle to read TLS probe counters from elsewhere (e.g. an event handler's
-    /// `on_tick`, while `run` borrows the capture).
-    pub fn tls_stats_source(&self) -> TlsStatsSource {
+    /// `on_tick`, while `run` borrows the capture); None when TLS probes are off.
+    pub fn tls_stats_source(&self) -> Option<TlsStatsSource> {
         self.tls_stats.clone()
     }
 
@@ -316,7 +328,10 @@ impl Capture {
 
     /// Read the in-kernel counters, summed over CPUs.
     pub fn counters(&self) -> KernelCounters {
-        read_counters(&self.skel)
+        KernelCounters {
+            ring_drains_bounded: self.drains_bounded.get(),
+            ..read_counters(&self.skel)
+        }
     }
 
     /// Drain the ring buffer into `handler` until `stop` is set, then drain what is left.
@@ -354,18 +369,34 @@ impl Capture {
         let rb = builder
             .build()
             .map_err(|e| CaptureError::refused("the ring buffer", e))?;
-        let poll = Duration::from_millis(10);
+        let wait_ms: i32 = 10;
+        let epfd = rb.epoll_fd();
+        let consume = |n: usize| rb.consume_raw_n(n);
+        let mut backlog = false;
         let mut last_tick = Instant::now();
         loop {
             let stopping = stop.load(Ordering::Relaxed);
-            // Records are submitted without wake-ups: poll returns on the timer or
-            // when the ring is a quarter full; consume drains whatever is there.
-            if let Err(e) = rb.poll(poll) {
-                if e.kind() != libbpf_rs::ErrorKind::Interrupted {
-                    return Err(CaptureError::refused("polling the ring buffer", e));
-                }
+            // Records are submitted without wake-ups: the wait ends on the timer or when
+            // the ring is a quarter full. With records left by the last drain, no wait.
+            if !backlog && !stopping {
+                wait_readable(epfd, wait_ms)
+                    .map_err(|e| CaptureError::refused("waiting on the ring buffer", e.into()))?;
             }
-            let _ = rb.consume();
+            let bound = if stopping {
+                drain::DrainBound::FINAL
+            } else {
+                drain::DrainBound::STEADY
+            };
+            let drained = drain::drain(bound, consume, Instant::now).map_err(|e| {
+                CaptureError::refused(
+                    "reading the ring buffer",
+                    libbpf_rs::Error::from_raw_os_error(-e),
+                )
+            })?;
+            backlog = matches!(drained, drain::Drained::Bounded(_));
+            if backlog {
+                self.drains_bounded.set(self.drains_bounded.get() + 1);
+            }
             // New TLS code found by the worker: attached here, a bounded stretch at a time.
             if let Some(t) = self.tls.borrow_mut().as_mut() {
                 t.attach_pending(&self.skel, |n| {
@@ -388,6 +419,21 @@ impl Capture {
         }
         Ok(())
     }
+}
+
+/// Wait up to `ms` for the ring buffer's epoll descriptor to be readable. A signal ends
+/// the wait early (the stop flag is checked next).
+fn wait_readable(epfd: i32, ms: i32) -> Result<(), std::io::Error> {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: one valid, writable epoll_event for at most one event.
+    let r = unsafe { libc::epoll_wait(epfd, &mut ev, 1, ms) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn read_counters(skel: &AlogSkel<'_>) -> KernelCounters {
@@ -422,6 +468,7 @@ fn read_counters(skel: &AlogSkel<'_>) -> KernelCounters {
         tls_unattributed: get(C::ALOG_CNT_TLS_UNATTRIBUTED),
         drop_exec_ringbuf: get(C::ALOG_CNT_DROP_EXEC),
         late_untracked: get(C::ALOG_CNT_LATE_UNTRACKED),
+        ring_drains_bounded: 0,
     }
 }
 
