@@ -57,7 +57,7 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-ca -d '
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-cert -d 'Client certificate (PEM), for an OAP that asks for one (with --oap-key)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-key -d 'Client private key (PEM)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-token -d 'Token sent as the `authentication` metadata (the OAP\'s `authentication` setting)' -r
-complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-batch-size -d 'Records per batch (one gRPC stream each)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-batch-size -d 'Records per batch (one gRPC stream each; at most 100000)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-batch-period -d 'Seconds between batches at most' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-spool-dir -d 'Directory of the spool that keeps batches while the OAP is unreachable' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l oap-spool-max -d 'Largest spool size (K, M, G suffixes); beyond it batches are dropped and counted' -r
@@ -100,7 +100,7 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-ca -d 'CA 
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-cert -d 'Client certificate (PEM), for an OAP that asks for one (with --oap-key)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-key -d 'Client private key (PEM)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-token -d 'Token sent as the `authentication` metadata (the OAP\'s `authentication` setting)' -r
-complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-batch-size -d 'Records per batch (one gRPC stream each)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-batch-size -d 'Records per batch (one gRPC stream each; at most 100000)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-batch-period -d 'Seconds between batches at most' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-spool-dir -d 'Directory of the spool that keeps batches while the OAP is unreachable' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l oap-spool-max -d 'Largest spool size (K, M, G suffixes); beyond it batches are dropped and counted' -r
@@ -138,7 +138,7 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-ca -d 'CA
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-cert -d 'Client certificate (PEM), for an OAP that asks for one (with --oap-key)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-key -d 'Client private key (PEM)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-token -d 'Token sent as the `authentication` metadata (the OAP\'s `authentication` setting)' -r
-complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-batch-size -d 'Records per batch (one gRPC stream each)' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-batch-size -d 'Records per batch (one gRPC stream each; at most 100000)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-batch-period -d 'Seconds between batches at most' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-spool-dir -d 'Directory of the spool that keeps batches while the OAP is unreachable' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l oap-spool-max -d 'Largest spool size (K, M, G suffixes); beyond it batches are dropped and counted' -r

@@ -79,7 +79,11 @@ Examples:
   sudo k8s-alog record --out - --port 8080 | jq .  # one port, to stdout
   sudo k8s-alog record --out f.jsonl --duration 60 --pid 4242
 
-Exit codes: 0 done; 1 error; 2 bad usage; 3 not permitted (run as root, or grant
+An existing --out file is appended to only if it is this user's alone (not a symbolic
+link, not writable by others); a new one is created with mode 0600.
+
+Exit codes: 0 done (also when the output's reader goes away, as with `| head`); 1 error
+(a write error on the output included); 2 bad usage; 3 not permitted (run as root, or grant
 CAP_BPF and CAP_PERFMON); 4 kernel without BTF; 5 kernel refused a BPF program.";
 
 /// What to capture, shared by every capturing subcommand.
@@ -288,7 +292,9 @@ Examples:
 
 While the OAP is unreachable, batches wait in --oap-spool-dir (at most --oap-spool-max);
 beyond that they are dropped and counted. On SIGINT/SIGTERM, what is left is delivered
-within --oap-flush-timeout or stays spooled for the next run.
+within --oap-flush-timeout or stays spooled for the next run. A spool directory that
+cannot be used does not stop push: batches then wait in memory only (one warning, and
+spool_memory_only=1 in the counters), and what is left at exit is lost.
 
 Exit codes: 0 done; 1 error; 2 bad usage; 3 not permitted (run as root, or grant
 CAP_BPF and CAP_PERFMON); 4 kernel without BTF; 5 kernel refused a BPF program.";
@@ -317,7 +323,7 @@ pub struct OapArgs {
     #[arg(long, env = "K8S_ALOG_OAP_TOKEN", hide_env_values = true)]
     pub oap_token: Option<String>,
 
-    /// Records per batch (one gRPC stream each).
+    /// Records per batch (one gRPC stream each; at most 100000).
     #[arg(long, env = "K8S_ALOG_OAP_BATCH_SIZE", default_value_t = 2000)]
     pub oap_batch_size: usize,
 

@@ -1140,7 +1140,7 @@ fn synthetic_http(i: u16) -> k8s_alog::model::Record {
 
 /// Delivery alone (no capture, so no root needed): a dead first address is skipped for
 /// the live second one; a spool left by an earlier run is delivered first, oldest first;
-/// a damaged spool file is set aside and counted, not fatal.
+/// a damaged spool file is set aside in `bad/` and counted, not fatal.
 #[test]
 fn delivery_fails_over_and_skips_damaged_spool_files() {
     use k8s_alog::sink::oap::mapping::{Mapper, NodeConfig};
@@ -1222,17 +1222,112 @@ fn delivery_fails_over_and_skips_damaged_spool_files() {
         (0, 0),
         "{st:?}"
     );
-    let aside = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".corrupt")
-        })
-        .count();
-    assert_eq!(aside, 1);
+    let aside = std::fs::read_dir(dir.path().join("bad")).unwrap().count();
+    assert_eq!(aside, 1, "the damaged file is kept aside in bad/");
+}
+
+/// Synthetic records as a recording `push --from` can replay.
+fn write_recording(path: &Path, n: u16) {
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&serde_json::to_string(&synthetic_http(i)).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// A spool directory that cannot be used (here below a regular file; a read-only root
+/// file system or a refused directory goes the same way) does not stop `push`: one loud
+/// warning, delivery goes on from memory, and the counters say so. No root needed.
+#[test]
+fn push_without_a_usable_spool_delivers_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("rec.jsonl");
+    write_recording(&recording, 20);
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, "").unwrap();
+    let port = free_port();
+    let streams: Streams = Arc::default();
+    let oap = StandIn::start(port, Arc::clone(&streams), None);
+    let push = Alog::spawn(&[
+        "push".to_string(),
+        "--oap".into(),
+        format!("127.0.0.1:{port}"),
+        "--from".into(),
+        recording.to_string_lossy().into_owned(),
+        "--oap-spool-dir".into(),
+        blocker.join("spool").to_string_lossy().into_owned(),
+        "--oap-batch-size".into(),
+        "5".into(),
+        "--oap-log-interval".into(),
+        "0".into(),
+    ]);
+    let (lines, k) = push.wait();
+    oap.stop();
+    let warnings: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("NO SPOOL ON DISK"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one loud warning:\n{}", lines.join("\n"));
+    assert!(warnings[0].contains("not-a-directory"), "{}", warnings[0]);
+    assert_eq!(k["spool_memory_only"], 1, "{k:?}");
+    assert_eq!(k["dropped_messages"], 0, "{k:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("IN MEMORY ONLY")),
+        "the summary says it:\n{}",
+        lines.join("\n")
+    );
+    let got: usize = snapshot(&streams).iter().map(|s| s.messages.len()).sum();
+    assert_eq!(got as u64, k["messages_sent"], "{k:?}");
+    assert!(got > 0);
+}
+
+/// In memory, batches wait for an OAP that is away like on disk, within the memory bound;
+/// what is still waiting at exit is dropped and counted, never left unsaid.
+#[test]
+fn a_memory_spool_counts_what_it_could_not_deliver() {
+    use k8s_alog::sink::oap::mapping::NodeConfig;
+    use k8s_alog::sink::oap::{OapConfig, OapSink};
+    use k8s_alog::sink::Sink;
+
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let cfg = OapConfig {
+        addresses: vec![format!("127.0.0.1:{}", free_port())],
+        tls: None,
+        token: None,
+        batch_size: 4,
+        batch_period: Duration::from_millis(100),
+        spool_dir: blocker.join("spool"),
+        spool_max_bytes: 1 << 20,
+        node: NodeConfig {
+            name: "n1".into(),
+            ..NodeConfig::default()
+        },
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(200),
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+        flush_timeout: Duration::from_millis(500),
+        log_every: Duration::ZERO,
+    };
+    let mut sink = OapSink::start(cfg).expect("no spool directory is not fatal");
+    for i in 0..12 {
+        sink.write(&synthetic_http(i)).unwrap();
+    }
+    let st = sink.finish();
+    eprintln!("figures: {st}");
+    assert_eq!(st.spool_memory_only, 1, "{st:?}");
+    assert_eq!(st.messages_sent, 0, "{st:?}");
+    assert!(st.spooled_messages > 0, "{st:?}");
+    assert_eq!(st.dropped_messages, st.messages_mapped, "{st:?}");
+    assert_eq!(
+        (st.spool_waiting_messages, st.spool_bytes),
+        (0, 0),
+        "{st:?}"
+    );
+    assert!(!blocker.join("spool").exists());
 }
 
 /// `top --oap`: the dashboard runs in a real terminal (tmux) and forwards the same

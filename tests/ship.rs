@@ -1,6 +1,7 @@
 //! What makes k8s-alog shippable, checked on the binary under test (`K8S_ALOG_BIN`: the
 //! static build in `make test-static`): help and version; `doctor` on this machine, and
-//! asking a real containerd for its CRI version; a short `record` of real traffic;
+//! asking a real containerd for its CRI version; a short `record` of real traffic, and
+//! `record` ending when its output's reader goes or its output fails;
 //! `make demo`'s script end to end; host names resolved without libc in a network
 //! namespace with its own /etc/hosts and a real DNS server (dnsmasq); completions and
 //! man pages in step with the CLI; `make install` layout; deploy/ manifests against the
@@ -225,6 +226,171 @@ fn short_record_captures_real_traffic() {
         dump(&r.connections(port))
     );
     r.assert_nothing_lost();
+}
+
+/// Lines of stderr, each with when it came.
+type StderrLines = std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>;
+
+/// The binary under test with `args`, nothing from the environment's K8S_ALOG_*, stderr
+/// piped and read line by line into the returned list.
+fn spawn_alog(args: &[&str], stdout: Stdio) -> (std::process::Child, StderrLines) {
+    let mut cmd = Command::new(alog_bin());
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("K8S_ALOG_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("starting k8s-alog");
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l2 = std::sync::Arc::clone(&lines);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            l2.lock().unwrap().push((Instant::now(), line));
+        }
+    });
+    (child, lines)
+}
+
+/// Wait for `child` to exit, at most `timeout` (then it is killed and the test fails).
+fn exit_within(
+    child: &mut std::process::Child,
+    timeout: Duration,
+    what: &str,
+    stderr: &std::sync::Mutex<Vec<(Instant, String)>>,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let text: Vec<String> = stderr.lock().unwrap().iter().map(|l| l.1.clone()).collect();
+            panic!(
+                "{what}: still running after {timeout:?}; stderr:\n{}",
+                text.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `record --out - | head -n 1`: once head has its line and exits, record stops at once
+/// and exits 0, as other Unix tools do; a write error on the output (`/dev/full`) ends
+/// the run at once with exit 1 and the error, instead of capturing on in silence.
+#[test]
+fn record_ends_when_its_reader_goes_and_on_a_write_error() {
+    if !require_root() {
+        return;
+    }
+    let port = free_server_port();
+    let _srv = start_python_server(port);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = std::sync::Arc::clone(&stop);
+        let url = format!("http://127.0.0.1:{port}/bytes/10");
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                curl(&[&url]);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let port_s = port.to_string();
+
+    let (mut rec, stderr) = spawn_alog(
+        &[
+            "record",
+            "--out",
+            "-",
+            "--port",
+            &port_s,
+            "--duration",
+            "120",
+        ],
+        Stdio::piped(),
+    );
+    let mut head = Command::new("head")
+        .args(["-n", "1"])
+        .stdin(Stdio::from(rec.stdout.take().unwrap()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting head");
+    let head_status = exit_within(&mut head, Duration::from_secs(60), "head -n 1", &stderr);
+    let head_gone = Instant::now();
+    let mut line = String::new();
+    std::io::Read::read_to_string(&mut head.stdout.take().unwrap(), &mut line).unwrap();
+    assert!(head_status.success());
+    let first: Value = serde_json::from_str(line.trim()).expect("a JSON record");
+    assert!(first["kind"].is_string(), "{first}");
+    let st = exit_within(
+        &mut rec,
+        Duration::from_secs(20),
+        "record after its reader went",
+        &stderr,
+    );
+    let after = head_gone.elapsed();
+    let text: Vec<String> = stderr.lock().unwrap().iter().map(|l| l.1.clone()).collect();
+    println!(
+        "record exited {:.2} s after head, {st}:\n{}",
+        after.as_secs_f64(),
+        text.join("\n")
+    );
+    assert!(st.success(), "exit {st}:\n{}", text.join("\n"));
+    // About 2 s here, most of it the kernel releasing the BPF programs at exit (as after
+    // SIGINT); without the fix it ran on until --duration.
+    assert!(after < Duration::from_secs(8), "took {after:?}");
+
+    let (mut rec, stderr) = spawn_alog(
+        &[
+            "record",
+            "--out",
+            "/dev/full",
+            "--port",
+            &port_s,
+            "--stats-interval",
+            "1",
+            "--duration",
+            "120",
+        ],
+        Stdio::null(),
+    );
+    let st = exit_within(
+        &mut rec,
+        Duration::from_secs(60),
+        "record --out /dev/full",
+        &stderr,
+    );
+    let lines = stderr.lock().unwrap().clone();
+    let text: Vec<&str> = lines.iter().map(|l| l.1.as_str()).collect();
+    println!("record --out /dev/full: {st}:\n{}", text.join("\n"));
+    assert_eq!(st.code(), Some(1), "{}", text.join("\n"));
+    let started = lines
+        .iter()
+        .find(|l| l.1.contains("capturing:"))
+        .map(|l| l.0)
+        .expect("it started capturing");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "ran on for {:?} after its output failed",
+        started.elapsed()
+    );
+    let last = text.last().copied().unwrap_or("");
+    assert!(
+        last.contains("/dev/full") && last.contains("No space left on device"),
+        "the error names the output and the cause: {last}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.join().unwrap();
 }
 
 /// A network namespace with its own /etc/hosts and /etc/resolv.conf (what `ip netns exec`

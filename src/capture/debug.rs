@@ -1,10 +1,11 @@
 //! Debug switch: with `K8S_ALOG_DEBUG_EVENTS=PATH` set, capture also appends one JSON line
 //! per decoded kernel event (and per TLS probe attach) to PATH, to check the capture layer
-//! on its own, independently of the engine.
+//! on its own, independently of the engine. Data events carry the first payload bytes
+//! (plaintext of TLS included), so the file is private (0600, `crate::fsutil`) and stops
+//! growing at a size cap, with one last line saying so.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -20,9 +21,17 @@ pub const ENV: &str = "K8S_ALOG_DEBUG_EVENTS";
 /// Payload bytes shown per data event.
 const SHOWN: usize = 64;
 
+/// The file is not written past this size (bytes, what it held before included).
+pub const SIZE_CAP: u64 = 64 << 20;
+
 pub struct DebugLog {
     out: BufWriter<File>,
+    /// Stopped: a write failed, or the cap was reached.
     failed: bool,
+    /// Size of the file, as far as this log knows.
+    size: u64,
+    cap: u64,
+    line: Vec<u8>,
 }
 
 impl DebugLog {
@@ -42,21 +51,26 @@ impl DebugLog {
                 Some(l)
             }
             Err(e) => {
-                tracing::warn!("{ENV}: cannot open {}: {e}", Path::new(&path).display());
+                tracing::warn!("{ENV}: not writing the debug log: {e}");
                 None
             }
         }
     }
 
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
+    pub fn open(path: &Path) -> Result<Self, crate::fsutil::FileError> {
+        Self::open_capped(path, SIZE_CAP)
+    }
+
+    /// With a size cap other than `SIZE_CAP`.
+    pub fn open_capped(path: &Path, cap: u64) -> Result<Self, crate::fsutil::FileError> {
+        let f = crate::fsutil::open_append(path)?;
+        let size = f.metadata().map_or(0, |m| m.len());
         Ok(Self {
             out: BufWriter::new(f),
             failed: false,
+            size,
+            cap,
+            line: Vec::with_capacity(512),
         })
     }
 
@@ -64,12 +78,31 @@ impl DebugLog {
         if self.failed {
             return;
         }
-        let r = serde_json::to_writer(&mut self.out, v)
-            .and_then(|()| self.out.write_all(b"\n").map_err(serde_json::Error::io));
-        if let Err(e) = r {
+        self.line.clear();
+        // Into a Vec: cannot fail.
+        let _ = serde_json::to_writer(&mut self.line, v);
+        self.line.push(b'\n');
+        let len = self.line.len() as u64;
+        if self.size.saturating_add(len) > self.cap {
+            self.failed = true;
+            let last = format!(
+                "{{\"kind\":\"capped\",\"cap_bytes\":{},\"note\":\"size cap reached: nothing more is written\"}}\n",
+                self.cap
+            );
+            let _ = self.out.write_all(last.as_bytes());
+            let _ = self.out.flush();
+            tracing::warn!(
+                "{ENV}: the debug log reached its size cap ({} bytes): nothing more is written to it",
+                self.cap
+            );
+            return;
+        }
+        if let Err(e) = self.out.write_all(&self.line) {
             tracing::warn!("{ENV}: write failed, debug log stopped: {e}");
             self.failed = true;
+            return;
         }
+        self.size += len;
     }
 
     pub fn event(&mut self, ev: &Event<'_>) {
@@ -145,6 +178,11 @@ impl DebugLog {
         if !self.failed && self.out.flush().is_err() {
             self.failed = true;
         }
+    }
+
+    /// Nothing more is written (a write failed, or the size cap was reached).
+    pub fn stopped(&self) -> bool {
+        self.failed
     }
 }
 
@@ -223,5 +261,56 @@ mod tests {
         assert_eq!(lines[0]["comm"], "curl");
         assert_eq!(lines[1]["kind"], "exec");
         assert!(decode(&[]).is_err());
+    }
+
+    fn exec_event(n: u32) -> ExecEvent {
+        ExecEvent {
+            ts_ns: 1,
+            cgroup_id: 0,
+            pid: n,
+            old_pid: n,
+            ino: 1,
+            dev: 2,
+            filename: "/bin/true".into(),
+            comm: [0; 16],
+        }
+    }
+
+    #[test]
+    fn the_file_stops_at_its_size_cap_with_a_last_line_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        std::fs::write(&p, "earlier\n").unwrap();
+        let cap = 4096;
+        let mut log = DebugLog::open_capped(&p, cap).unwrap();
+        for i in 0..1000 {
+            log.exec(&exec_event(i));
+        }
+        assert!(log.stopped());
+        drop(log);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let last = text.lines().last().unwrap();
+        let v: Value = serde_json::from_str(last).unwrap();
+        assert_eq!(v["kind"], "capped", "{last}");
+        let before_last = text.len() - last.len() - 1;
+        assert!(
+            before_last as u64 <= cap,
+            "{before_last} bytes before the last line"
+        );
+        assert!(text.len() < 4096 + 200, "{} bytes", text.len());
+        assert!(text.starts_with("earlier\n"));
+        // The default cap is the documented one.
+        assert_eq!(SIZE_CAP, 64 << 20);
+    }
+
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep\n").unwrap();
+        let p = dir.path().join("d.jsonl");
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        assert!(DebugLog::open(&p).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
     }
 }

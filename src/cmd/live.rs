@@ -1,7 +1,7 @@
 //! The live pipeline shared by `record`, `top` and `push`: load and attach the BPF
 //! programs, attribute and parse in the engine, and hand every record to a sink.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::capture::{
@@ -13,7 +13,7 @@ use crate::model::{Clock, LossCounters, Record, UserCounters};
 use crate::resolve::k8s::{K8sAttribution, K8sConfig};
 use crate::resolve::procs::ProcResolver;
 use crate::resolve::Attribution;
-use crate::sink::Sink;
+use crate::sink::{OutputClosed, Sink};
 
 /// Capture settings from the command line.
 pub fn capture_config(a: &CaptureArgs) -> anyhow::Result<CaptureConfig> {
@@ -111,28 +111,47 @@ pub struct LiveSummary {
 struct Pump<'a> {
     engine: Engine,
     sink: &'a mut dyn Sink,
+    /// The first sink error; it stops the capture (through `stop`).
     error: Option<anyhow::Error>,
+    stop: &'a AtomicBool,
     stats_every_ns: u64,
     last_stats_ns: u64,
     last_counters: KernelCounters,
+    tls: Option<capture::TlsStatsSource>,
 }
 
 impl Pump<'_> {
-    fn drain(&mut self) {
-        for rec in self.engine.out.drain(..) {
-            if self.error.is_none() {
-                if let Err(e) = self.sink.write(&rec) {
-                    self.error = Some(e);
-                }
+    /// Records go nowhere after the sink failed: the capture is stopping.
+    fn failed(&mut self, e: anyhow::Error) {
+        if self.error.is_none() {
+            if e.is::<OutputClosed>() {
+                tracing::info!("the output's reader has gone: stopping");
+            } else {
+                tracing::error!("{e:#}: stopping");
             }
+            self.error = Some(e);
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut err = None;
+        for rec in self.engine.out.drain(..) {
+            if self.error.is_none() && err.is_none() {
+                err = self.sink.write(&rec).err();
+            }
+        }
+        if let Some(e) = err {
+            self.failed(e);
         }
     }
 
     fn write_stats(&mut self, now: u64) {
-        let st = self.engine.stats(now, &self.last_counters);
+        let mut st = self.engine.stats(now, &self.last_counters);
+        st.tls_probes = self.tls.as_ref().map(capture::TlsStatsSource::get);
         if self.error.is_none() {
             if let Err(e) = self.sink.write(&Record::Stats(st)) {
-                self.error = Some(e);
+                self.failed(e);
             }
         }
     }
@@ -163,7 +182,7 @@ impl EventHandler for Pump<'_> {
         }
         if self.error.is_none() {
             if let Err(e) = self.sink.flush() {
-                self.error = Some(e);
+                self.failed(e);
             }
         }
     }
@@ -171,7 +190,8 @@ impl EventHandler for Pump<'_> {
 
 /// Capture until SIGINT/SIGTERM (or `opts.duration`), writing every record to `sink`;
 /// at the end every open connection and a final `stats` record are written and the sink
-/// flushed. A sink error stops nothing mid-way but is returned at the end.
+/// flushed. A sink error stops the capture at once: the output's reader having gone
+/// (`OutputClosed`, a closed pipe) ends it successfully, any other error is returned.
 pub fn run(
     capture_args: &CaptureArgs,
     k8s: &K8sArgs,
@@ -216,9 +236,11 @@ pub fn run_until(
         ),
         sink,
         error: None,
+        stop,
         stats_every_ns: (opts.stats_interval.max(0.0) * 1e9) as u64,
         last_stats_ns: now,
         last_counters: KernelCounters::default(),
+        tls: cap.tls_stats_source(),
     };
     pump.engine.set_hooks(hook_rungs(cap.hook_plan()));
     let tick = Duration::from_millis(if opts.stats_interval > 0.0 && opts.stats_interval < 0.5 {
@@ -233,10 +255,15 @@ pub fn run_until(
     pump.engine.finish_all(now);
     pump.drain();
     pump.write_stats(now);
-    if let Some(e) = pump.error.take() {
-        return Err(e);
+    let res = match pump.error.take() {
+        Some(e) => Err(e),
+        None => pump.sink.flush(),
+    };
+    if let Err(e) = res {
+        if !e.is::<OutputClosed>() {
+            return Err(e);
+        }
     }
-    pump.sink.flush()?;
     Ok(LiveSummary {
         elapsed: t0.elapsed(),
         kernel: pump.last_counters,

@@ -5,6 +5,12 @@ pub mod oap;
 
 use crate::model::Record;
 
+/// The reader of the output has gone (a closed pipe, as in `record --out - | head`): the
+/// run ends, successfully, as other Unix tools do.
+#[derive(Debug, thiserror::Error)]
+#[error("the reader of the output has gone (closed pipe)")]
+pub struct OutputClosed;
+
 /// A destination for records.
 pub trait Sink {
     fn write(&mut self, rec: &Record) -> anyhow::Result<()>;

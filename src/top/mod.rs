@@ -289,14 +289,12 @@ pub struct StderrGuard {
 }
 
 impl StderrGuard {
-    /// Send stderr to `log_file` (appended), or to /dev/null.
+    /// Send stderr to `log_file` (appended; created 0600; a symbolic link or a file that
+    /// is not ours alone is refused, see `crate::fsutil`), or to /dev/null.
     pub fn redirect(log_file: Option<&Path>) -> anyhow::Result<Self> {
         let target = match log_file {
-            Some(p) => std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| anyhow::anyhow!("opening log file {}: {e}", p.display()))?,
+            Some(p) => crate::fsutil::open_append(p)
+                .map_err(|e| anyhow::anyhow!("cannot open the log file: {e}"))?,
             None => std::fs::OpenOptions::new().write(true).open("/dev/null")?,
         };
         // SAFETY: dup of a descriptor this process has open.
@@ -376,4 +374,26 @@ pub fn crossterm_events() -> Box<dyn FnMut(Duration) -> std::io::Result<Option<E
             Ok(None)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_log_file_is_private_and_never_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep\n").unwrap();
+        let link = dir.path().join("top.log");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = StderrGuard::redirect(Some(&link)).err().expect("refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+        let fresh = dir.path().join("fresh.log");
+        drop(StderrGuard::redirect(Some(&fresh)).unwrap());
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 }

@@ -38,6 +38,13 @@ use crate::model::Record;
 
 type Batch = Vec<EbpfAccessLogMessage>;
 
+/// Bytes of batches kept in memory when the spool directory cannot be used.
+pub const MEMORY_SPOOL_MAX: u64 = 32 << 20;
+
+/// Largest `--oap-batch-size`: keeps every batch far below what one spool file may hold
+/// (`spool::MAX_FILE_MESSAGES`).
+pub const MAX_BATCH_SIZE: usize = 100_000;
+
 /// Resolve an OAP address (`host:port`, `[v6]:port`) to socket addresses: /etc/hosts,
 /// then DNS, without the C library's resolver (the static binary has none that works).
 pub fn resolve(host_port: &str) -> anyhow::Result<Vec<SocketAddr>> {
@@ -107,6 +114,8 @@ pub struct OapCounters {
     pub spool_bytes: AtomicU64,
     pub spool_peak_bytes: AtomicU64,
     pub spool_waiting_messages: AtomicU64,
+    /// 1 when the spool directory could not be used and batches wait in memory only.
+    pub spool_memory_only: AtomicU64,
     pub excluded_views: AtomicU64,
     pub exchanges_without_protocol_log: AtomicU64,
 }
@@ -133,6 +142,7 @@ pub struct OapStats {
     pub spool_bytes: u64,
     pub spool_peak_bytes: u64,
     pub spool_waiting_messages: u64,
+    pub spool_memory_only: u64,
     pub excluded_views: u64,
     pub exchanges_without_protocol_log: u64,
 }
@@ -160,6 +170,7 @@ impl OapCounters {
             spool_bytes: g(&self.spool_bytes),
             spool_peak_bytes: g(&self.spool_peak_bytes),
             spool_waiting_messages: g(&self.spool_waiting_messages),
+            spool_memory_only: g(&self.spool_memory_only),
             excluded_views: g(&self.excluded_views),
             exchanges_without_protocol_log: g(&self.exchanges_without_protocol_log),
         }
@@ -189,6 +200,7 @@ impl OapStats {
             ("spool_bytes", self.spool_bytes),
             ("spool_peak_bytes", self.spool_peak_bytes),
             ("spool_waiting_messages", self.spool_waiting_messages),
+            ("spool_memory_only", self.spool_memory_only),
             ("excluded_views", self.excluded_views),
             (
                 "exchanges_without_protocol_log",
@@ -204,12 +216,20 @@ impl OapStats {
 
 impl std::fmt::Display for OapStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (where_, why_dropped) = if self.spool_memory_only > 0 {
+            (
+                " IN MEMORY ONLY (the spool directory was unusable)",
+                "spool full, or in memory at exit",
+            )
+        } else {
+            ("", "spool full")
+        };
         write!(
             f,
             "{} records -> {} messages in {} batches; sent {} messages in {} batches \
              ({} from the spool); {} connects, {} reconnects, {} failed connects, {} failed sends; \
-             spooled {} messages in {} batches (now {} messages, {} bytes; peak {} bytes); \
-             dropped {} messages in {} batches (spool full); {} damaged spool files; \
+             spooled{where_} {} messages in {} batches (now {} messages, {} bytes; peak {} bytes); \
+             dropped {} messages in {} batches ({why_dropped}); {} damaged spool files; \
              {} views excluded, {} exchanges without protocol log",
             self.records,
             self.messages_mapped,
@@ -271,11 +291,15 @@ impl Shared {
                 c.dropped_batches.fetch_add(1, Ordering::Relaxed);
                 c.dropped_messages.fetch_add(n, Ordering::Relaxed);
                 if !self.spool_full_logged.swap(true, Ordering::Relaxed) {
+                    let place = if s.is_memory() {
+                        "memory".to_string()
+                    } else {
+                        s.dir().display().to_string()
+                    };
                     tracing::warn!(
-                        "oap: spool full ({} of {} bytes in {}): dropping batches until it drains (counted)",
+                        "oap: spool full ({} of {} bytes in {place}): dropping batches until it drains (counted)",
                         s.bytes(),
                         s.max_bytes(),
-                        s.dir().display()
                     );
                 }
             }
@@ -409,8 +433,8 @@ impl OapConfig {
                 })
             }
         };
-        if a.oap_batch_size == 0 {
-            anyhow::bail!("--oap-batch-size must be at least 1");
+        if a.oap_batch_size == 0 || a.oap_batch_size > MAX_BATCH_SIZE {
+            anyhow::bail!("--oap-batch-size must be between 1 and {MAX_BATCH_SIZE}");
         }
         if !(a.oap_batch_period > 0.0 && a.oap_batch_period.is_finite()) {
             anyhow::bail!("--oap-batch-period must be a positive number of seconds");
@@ -460,9 +484,23 @@ impl OapSink {
         }
     }
 
-    /// Open the spool and start the delivery thread.
+    /// Open the spool and start the delivery thread. A spool directory that cannot be
+    /// used (read-only file system, not ours, locked, ...) is not fatal: batches then
+    /// wait in memory, within `MEMORY_SPOOL_MAX`, and this is said loudly once and in
+    /// the counters (`spool_memory_only`).
     pub fn start(cfg: OapConfig) -> anyhow::Result<Self> {
-        let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)?;
+        let (spool, memory_only) = match Spool::open(&cfg.spool_dir, cfg.spool_max_bytes) {
+            Ok(s) => (s, false),
+            Err(e) => {
+                let max = cfg.spool_max_bytes.min(MEMORY_SPOOL_MAX);
+                tracing::warn!(
+                    "oap: NO SPOOL ON DISK: {e}; batches wait in memory only while the OAP is away \
+                     (at most {max} bytes; what is not delivered by exit is lost). Give a writable \
+                     --oap-spool-dir (in Kubernetes, a volume mounted there) to keep them across restarts"
+                );
+                (Spool::in_memory(&cfg.spool_dir, max), true)
+            }
+        };
         if !spool.is_empty() {
             tracing::info!(
                 "oap: {} batches ({} messages, {} bytes) waiting in {} from an earlier run; they go first",
@@ -477,6 +515,10 @@ impl OapSink {
             spool: Mutex::new(spool),
             spool_full_logged: false.into(),
         });
+        shared
+            .counters
+            .spool_memory_only
+            .store(u64::from(memory_only), Ordering::Relaxed);
         if let Ok(s) = shared.spool.lock() {
             shared.update_spool_gauges(&s);
         }
@@ -725,10 +767,20 @@ impl Delivery {
         };
         if !self.outage_logged {
             self.outage_logged = true;
+            let place = if self
+                .shared
+                .counters
+                .spool_memory_only
+                .load(Ordering::Relaxed)
+                > 0
+            {
+                "memory".to_string()
+            } else {
+                self.cfg.spool_dir.display().to_string()
+            };
             tracing::warn!(
-                "oap: unreachable ({}); spooling to {}, retrying with backoff up to {:?}",
+                "oap: unreachable ({}); spooling to {place}, retrying with backoff up to {:?}",
                 errors.join("; "),
-                self.cfg.spool_dir.display(),
                 self.cfg.backoff_max
             );
         } else {
@@ -914,7 +966,25 @@ impl Delivery {
             }
         }
         let s = self.shared.counters.snapshot();
-        if s.spool_waiting_messages > 0 {
+        if s.spool_waiting_messages > 0 && s.spool_memory_only > 0 {
+            // Nothing outlives the process: what waits in memory is dropped, and counted so.
+            let mut sp = match self.shared.spool.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            let c = &self.shared.counters;
+            add(&c.dropped_batches, sp.batches() as u64);
+            add(&c.dropped_messages, sp.messages());
+            while !sp.is_empty() {
+                sp.pop();
+            }
+            self.shared.update_spool_gauges(&sp);
+            tracing::warn!(
+                "oap: {} messages ({} bytes) waiting in memory are lost (no spool on disk)",
+                s.spool_waiting_messages,
+                s.spool_bytes
+            );
+        } else if s.spool_waiting_messages > 0 {
             tracing::warn!(
                 "oap: {} messages ({} bytes) left in the spool {}; the next run delivers them",
                 s.spool_waiting_messages,
