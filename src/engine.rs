@@ -313,6 +313,7 @@ impl Engine {
             attribution: self.attrib.as_ref().and_then(|a| a.stats()),
             tls_not_visible: self.tls_not_visible.clone(),
             hooks: self.hooks.clone(),
+            tls_probes: None,
         }
     }
 
@@ -453,7 +454,9 @@ impl Engine {
         let mut c = match self.conns.remove(&ev.cookie) {
             Some(c) => c,
             None => {
-                // Its opening event was lost: track it from here, as joined mid-stream.
+                // Its opening event was lost: track it from here, as joined mid-stream,
+                // within the table's bound like any other.
+                self.maybe_evict(ev.ts_ns);
                 let mut c = Conn::new(ev.cookie, ev.ts_ns);
                 c.next_seq = ev.seq;
                 c
@@ -1416,6 +1419,25 @@ mod tests {
             assert_eq!(via.service.as_deref(), Some("cart.shop"));
         }
         assert_eq!(lookups.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    /// Data of sockets whose opening events were all lost (a ring overflow, or sockets a
+    /// pod opens and writes without ever being seen connecting) still fills the table
+    /// only to its bound: the least recently active are written out and counted.
+    #[test]
+    fn connections_first_seen_by_their_data_are_bounded() {
+        let opts = EngineOptions {
+            max_connections: 100,
+            ..EngineOptions::default()
+        };
+        let mut e = Engine::new(opts, Clock::now(), None, 0);
+        for cookie in 1..=1000u64 {
+            e.on_data(&data(cookie, 0, cookie * 10, Direction::Egress, b"x"));
+            assert!(e.connections_open() <= 101, "{}", e.connections_open());
+        }
+        let evicted = e.loss_counters().evicted_connections;
+        assert!(evicted >= 899, "{evicted}");
+        assert_eq!(evicted as usize + e.connections_open(), 1000);
     }
 
     /// A server whose remote happens to be a local client's address, but the kernel's
