@@ -770,36 +770,6 @@ fn nginx_http2_over_tls_with_curl() {
 // (4) Go crypto/tls: server (stripped) and client built now with Debian's golang-go
 // ---------------------------------------------------------------------------------------
 
-/// Build the Go fixture (stdlib only, offline) into `out`.
-fn go_build(out: &Path, stripped: bool) {
-    let go = ["/usr/bin/go", "/usr/lib/go/bin/go"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("go is not installed: install golang-go");
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
-    let mut cmd = Command::new(go);
-    cmd.arg("build").arg("-o").arg(out);
-    if stripped {
-        cmd.arg("-ldflags=-s -w");
-    }
-    let o = cmd
-        .arg(".")
-        .current_dir(fixture("tls/go"))
-        .env("GOPATH", cache.join("path"))
-        .env("GOCACHE", cache.join("cache"))
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOPROXY", "off")
-        .env("GO111MODULE", "on")
-        .env("CGO_ENABLED", "0")
-        .output()
-        .expect("running go build");
-    assert!(
-        o.status.success(),
-        "go build failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// True when the ELF file has no symbol table (stripped).
 fn is_stripped(p: &Path) -> bool {
     use object::Object;
@@ -1085,4 +1055,159 @@ fn jsonl_https_records_are_marked_tls() {
             m
         });
     eprintln!("records by kind: {by_kind:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// (7) A hostile binary: a Go crypto/tls function made of RET instructions
+// ---------------------------------------------------------------------------------------
+
+/// One probe per RET would be a uprobe per byte of the function: the file is refused
+/// whole, logged, and counted in the stats records, and nothing is attached to it.
+#[test]
+fn go_function_full_of_returns_is_refused_and_counted() {
+    if !require_root() {
+        return;
+    }
+    let bins = tempfile::Builder::new()
+        .prefix("alog-tls-rets-")
+        .tempdir()
+        .expect("temp dir");
+    let good = bins.path().join("tlsapp-good");
+    go_build(&good, true);
+    // crypto/tls.(*Conn).Read, every byte a RET.
+    let mut bytes = std::fs::read(&good).expect("reading the Go binary");
+    let read = {
+        use k8s_alog::tls::{elf, golang::Pclntab, Image};
+        let img = Image::open(&good).expect("opening the Go binary");
+        let f = img.parse().expect("an ELF file");
+        let table = Pclntab::find(&f).expect("the Go function table");
+        let func =
+            table.lookup(&["crypto/tls.(*Conn).Read"], img.budget())["crypto/tls.(*Conn).Read"];
+        let at = elf::file_offset(&f, func.entry).expect("in the file") as usize;
+        at..at + (func.end - func.entry) as usize
+    };
+    let rets = read.len();
+    bytes[read].fill(0xc3);
+    let bin = bins.path().join("tlsapp-rets");
+    std::fs::write(&bin, &bytes).expect("writing the patched binary");
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+
+    let port = free_server_port();
+    let rec = DebugRecorder::start(&[port]);
+    // Started with no arguments, it prints its usage and exits: its exec is enough.
+    let o = Command::new(&bin)
+        .output()
+        .expect("running the patched binary");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rec.stderr_text().contains("tlsapp-rets") {
+        assert!(
+            Instant::now() < deadline,
+            "nothing logged about {} within 20 s:\n{}",
+            bin.display(),
+            rec.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // a stats record after it
+    let run = rec.stop();
+    let said: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("tlsapp-rets"))
+        .collect();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("not probing") && l.contains("RET instructions")),
+        "{said:?}"
+    );
+    let attached: Vec<&Value> = run
+        .lines
+        .iter()
+        .filter(|l| {
+            l["kind"] == "attach"
+                && l["path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("tlsapp-rets"))
+        })
+        .collect();
+    assert!(attached.is_empty(), "probes attached: {attached:?}");
+    let tls = &final_stats(&run.records)["tls_probes"];
+    assert!(tls["files_refused"].as_u64() >= Some(1), "{tls}");
+    eprintln!("a function of {rets} RETs: refused; TLS probe stats {tls}");
+}
+
+// ---------------------------------------------------------------------------------------
+// (8) The shipped DaemonSet's privileges
+// ---------------------------------------------------------------------------------------
+
+/// The capabilities deploy/daemonset.yaml adds (after dropping ALL), as setpriv names them.
+fn daemonset_capabilities() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/daemonset.yaml");
+    let text = std::fs::read_to_string(&path).expect("reading deploy/daemonset.yaml");
+    let doc: Value = serde_yaml_ng::from_str(&text).expect("deploy/daemonset.yaml is YAML");
+    let sc = &doc["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(
+        sc["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "the manifest no longer drops ALL: update this test"
+    );
+    sc["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .map(|c| c.as_str().expect("a capability name").to_ascii_lowercase())
+        .collect()
+}
+
+/// k8s-alog with exactly the capabilities the DaemonSet grants (root, the bounding set
+/// cut to the manifest's list) sees the plaintext of an HTTPS server that was running
+/// before it started: a privilege the manifest lacks fails here, not on a cluster.
+#[test]
+fn daemonset_privileges_capture_tls_of_a_running_process() {
+    if !require_root() {
+        return;
+    }
+    let caps = daemonset_capabilities();
+    let bounding = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let cert = Cert::new();
+    let port = free_server_port();
+    let _server = start_https_python(port, &cert);
+    let wrapper = vec![
+        "setpriv".to_string(),
+        "--bounding-set".to_string(),
+        bounding.clone(),
+    ];
+    let rec = Recorder::start_wrapped(&wrapper, &[port], &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", rec.pid())).unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(str::trim)
+        .unwrap_or("?")
+        .to_string();
+    let c = curl(&["-k", &format!("https://127.0.0.1:{port}/hello")]);
+    let recording = rec.stop();
+    let http = recording.http(port);
+    assert_eq!(
+        http.len(),
+        1,
+        "with the DaemonSet's capabilities ({bounding}; CapEff {cap_eff}) the HTTPS exchange was not seen; stderr:\n{}\n{}",
+        recording.stderr.join("\n"),
+        dump_http(&http)
+    );
+    let h = http[0];
+    assert_eq!(h["tls"], true, "{h}");
+    assert_eq!(h["path"], "/hello");
+    assert_eq!(h["status"], 200);
+    assert_eq!(h["client"]["port"], c.local_port);
+    assert!(
+        !recording.stderr.iter().any(|l| l.contains("cannot probe")),
+        "TLS probes refused with the DaemonSet's capabilities:\n{}",
+        recording.stderr.join("\n")
+    );
 }

@@ -454,9 +454,14 @@ pub fn verdict(f: &Facts) -> Verdict {
         if f.probe_works(ProbeKind::Uprobe) {
             works.push("TLS plaintext from OpenSSL and Go (uprobes)".into());
         } else {
-            degrades.push(
-                "no uprobes: TLS traffic is seen as connections only, without HTTP detail".into(),
-            );
+            let why = if f.privileges.has(CAP_SYS_ADMIN) {
+                ""
+            } else {
+                " (the kernel creates uprobe events only for CAP_SYS_ADMIN; CAP_PERFMON is not enough)"
+            };
+            degrades.push(format!(
+                "no uprobes: TLS traffic is seen as connections only, without HTTP detail{why}"
+            ));
             code = exit::DEGRADED;
         }
     }

@@ -75,6 +75,36 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Build the Go fixture (stdlib only, offline) into `out`.
+pub fn go_build(out: &Path, stripped: bool) {
+    let go = ["/usr/bin/go", "/usr/lib/go/bin/go"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("go is not installed: install golang-go");
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
+    let mut cmd = Command::new(go);
+    cmd.arg("build").arg("-o").arg(out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    let o = cmd
+        .arg(".")
+        .current_dir(fixture("tls/go"))
+        .env("GOPATH", cache.join("path"))
+        .env("GOCACHE", cache.join("cache"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("GO111MODULE", "on")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("running go build");
+    assert!(
+        o.status.success(),
+        "go build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// A TCP port that was free a moment ago (bound on 127.0.0.1:0, then released).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
@@ -471,20 +501,37 @@ pub struct Recording {
 }
 
 impl Recorder {
-    /// `k8s-alog record --out <tmp>/out.jsonl --port P... --stats-interval 1 EXTRA...`,
+    /// `k8s-alog record --out <tmp>/out.jsonl --port P... --stats-interval 1 EXTRA...`
+    /// (EXTRA may give its own `--stats-interval`),
     /// returned once it says "capturing:".
     pub fn start(ports: &[u16], extra_args: &[&str]) -> Self {
+        Self::start_wrapped(&[], ports, extra_args)
+    }
+
+    /// As `start`, run through `wrapper` (a command and its arguments that execs the rest,
+    /// e.g. `setpriv --bounding-set ...`).
+    pub fn start_wrapped(wrapper: &[String], ports: &[u16], extra_args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("alog-rec-")
             .tempdir()
             .expect("temp dir");
         let out = dir.path().join("out.jsonl");
-        let mut cmd = Command::new(alog_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(alog_bin());
+                c
+            }
+            None => Command::new(alog_bin()),
+        };
         cmd.arg("record").arg("--out").arg(&out);
         for p in ports {
             cmd.arg("--port").arg(p.to_string());
         }
-        cmd.args(["--stats-interval", "1"]).args(extra_args);
+        if !extra_args.contains(&"--stats-interval") {
+            cmd.args(["--stats-interval", "1"]);
+        }
+        cmd.args(extra_args);
         // The test decides every setting: none may leak in from the environment.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("K8S_ALOG_") {
