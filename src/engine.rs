@@ -269,6 +269,8 @@ impl Engine {
         u.http2_streams_cut = s2.streams_cut;
         u.http2_header_blocks_cut = s2.header_blocks_cut;
         u.http2_parse_errors = s2.parse_errors;
+        u.http2_streams_evicted_memory = s2.streams_evicted_memory;
+        u.http2_hpack_blocks_overworked = s2.hpack_blocks_overworked;
         u.http_parse_errors = s.parse_errors;
         u.http_resyncs = s.resyncs;
         u.http_headers_truncated = s.headers_truncated;
@@ -1178,6 +1180,8 @@ fn add_h2_stats(acc: &mut H2Stats, s: &H2Stats) {
     acc.parse_errors += s.parse_errors;
     acc.hpack_downgrades += s.hpack_downgrades;
     acc.streams_evicted += s.streams_evicted;
+    acc.streams_evicted_memory += s.streams_evicted_memory;
+    acc.hpack_blocks_overworked += s.hpack_blocks_overworked;
 }
 
 fn add_stats(acc: &mut Http1Stats, s: &Http1Stats) {

@@ -385,6 +385,14 @@ pub struct UserCounters {
     pub http2_streams_cut: u64,
     pub http2_header_blocks_cut: u64,
     pub http2_parse_errors: u64,
+    /// Streams reported early, incomplete (note `memory_budget`): the connection's open
+    /// streams held more than their byte budget.
+    #[serde(default)]
+    pub http2_streams_evicted_memory: u64,
+    /// Header blocks with more fields than are looked at (note
+    /// `header_block_too_many_fields`).
+    #[serde(default)]
+    pub http2_hpack_blocks_overworked: u64,
 }
 
 /// Losses, by cause.

@@ -15,6 +15,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::trace::{self, TraceContext};
 use super::{Chunk, Direction, Role};
@@ -35,6 +36,14 @@ const TABLE_SIZE_CAP: usize = 64 * 1024;
 const ENTRY_OVERHEAD: usize = 32;
 /// Longest header value kept for a report field (bounds memory per stream).
 const MAX_VALUE_LEN: usize = 4 * 1024;
+/// Bytes of header values one side of a stream keeps for its record, all fields together.
+const MAX_HEAD_KEPT: usize = 8 * 1024;
+/// Fields of one header block looked at for the record; the rest are decoded only to keep
+/// the HPACK table in step (each field costs at least one byte, so this bounds the work a
+/// block of repeated indexed fields can ask for).
+const MAX_FIELDS_PER_BLOCK: usize = 1024;
+/// What a tracked stream costs besides its kept values: its state and its table slot.
+const STREAM_OVERHEAD: usize = std::mem::size_of::<Stream>() + 32;
 /// How far above the highest stream id seen a resync candidate's stream id may be.
 const STREAM_ID_SLACK: u32 = 4096;
 
@@ -108,6 +117,9 @@ pub struct H2Limits {
     pub max_header_block: usize,
     /// Partial-frame bytes buffered per direction.
     pub max_buffered: usize,
+    /// Bytes of stream state (kept header values included) held at once; past it the
+    /// stalest streams are reported early, incomplete.
+    pub max_retained: usize,
 }
 
 impl Default for H2Limits {
@@ -116,6 +128,7 @@ impl Default for H2Limits {
             max_streams: 1024,
             max_header_block: 64 * 1024,
             max_buffered: 64 * 1024,
+            max_retained: 1024 * 1024,
         }
     }
 }
@@ -148,6 +161,11 @@ pub struct H2Stats {
     pub hpack_downgrades: u64,
     /// Streams reported early, incomplete, to make room: they had lost frames.
     pub streams_evicted: u64,
+    /// Streams reported early, incomplete, because the connection's streams held more than
+    /// `max_retained` bytes.
+    pub streams_evicted_memory: u64,
+    /// Header blocks with more than `MAX_FIELDS_PER_BLOCK` fields (the rest not looked at).
+    pub hpack_blocks_overworked: u64,
 }
 
 /// One HTTP/2 stream: a request and its response.
@@ -205,7 +223,8 @@ pub struct H2Conn {
     limits: H2Limits,
     /// Index 0: Egress, 1: Ingress.
     dirs: [DirState; 2],
-    streams: HashMap<u32, Stream>,
+    /// Boxed: the table's slots stay small, whatever its capacity.
+    streams: HashMap<u32, Box<Stream>>,
     /// Highest odd stream id a record was made (or refused) for: lower unknown ids are done.
     highest: u32,
     /// When joined mid-stream: ids below this may be streams that started before we joined.
@@ -214,6 +233,8 @@ pub struct H2Conn {
     pre_join_done: BTreeSet<u32>,
     /// Exchanges finished by `gap`, handed out by the next `feed` or `close`.
     ready: Vec<H2Exchange>,
+    /// Bytes the tracked streams hold (the sum of their `kept`).
+    kept: usize,
     stats: H2Stats,
     closed: bool,
 }
@@ -264,7 +285,9 @@ impl H2Conn {
             start_ns: req_start_ns,
             header_bytes: req_header_bytes,
         }));
-        c.streams.insert(1, st);
+        st.kept = st.cost();
+        c.kept = st.kept;
+        c.streams.insert(1, Box::new(st));
         c.highest = 1;
         c.stats.streams = 1;
         c
@@ -286,6 +309,7 @@ impl H2Conn {
             pre_join_below: 0,
             pre_join_done: BTreeSet::new(),
             ready: Vec::new(),
+            kept: 0,
             stats: H2Stats::default(),
             closed: false,
         }
@@ -304,8 +328,21 @@ impl H2Conn {
         &self.stats
     }
 
-    /// Partial-frame and header-block bytes held, both directions.
+    /// Bytes held, both directions: partial frames, header blocks, HPACK tables, tracked
+    /// streams (kept header values included) and exchanges not yet handed out.
     pub fn buffered_bytes(&self) -> usize {
+        let dirs: usize = self
+            .dirs
+            .iter()
+            .map(|d| d.buffered() + d.hpack.held())
+            .sum();
+        let ready: usize = self.ready.iter().map(exchange_cost).sum();
+        dirs + self.kept + ready
+    }
+
+    /// Partial-frame and header-block bytes held, both directions.
+    #[cfg(test)]
+    fn frame_bytes(&self) -> usize {
         self.dirs.iter().map(DirState::buffered).sum()
     }
 
@@ -322,7 +359,7 @@ impl H2Conn {
             return;
         }
         self.feed_chunk(chunk.dir, chunk.data, total, chunk.end_ns);
-        out.append(&mut self.ready);
+        super::hand_out(&mut self.ready, out);
     }
 
     /// Calls were lost in `dir`: its HPACK state is now unreliable (decoding turns tolerant),
@@ -347,7 +384,7 @@ impl H2Conn {
                 }
             }
         }
-        out.append(&mut self.ready);
+        super::hand_out(&mut self.ready, out);
     }
 
     /// Reports, incomplete, the streams that may have lost frames (their END_STREAM may be
@@ -365,7 +402,7 @@ impl H2Conn {
                 self.emit(st, false, Some("expired_after_loss"));
             }
         }
-        out.append(&mut self.ready);
+        super::hand_out(&mut self.ready, out);
     }
 
     fn feed_chunk(&mut self, d: Direction, data: &[u8], total: u64, ns: u64) {
@@ -721,6 +758,7 @@ impl H2Conn {
         self.stats.hpack_errors += u64::from(outcome.error);
         self.stats.hpack_fields_unknown += u64::from(outcome.unknown);
         self.stats.hpack_downgrades += u64::from(outcome.downgraded);
+        self.stats.hpack_blocks_overworked += u64::from(outcome.overworked);
         if block.push || block.stream.is_multiple_of(2) {
             // Pushed streams are not reported; their blocks only keep the decoder in sync.
             return;
@@ -753,6 +791,9 @@ impl H2Conn {
         if head.truncated_value {
             st.mark("header_value_truncated");
         }
+        if outcome.overworked {
+            st.mark("header_block_too_many_fields");
+        }
         let h = &mut st.halves[i];
         h.last_ns = ns;
         let interim = head.status.is_some_and(|s| (100..200).contains(&s));
@@ -763,18 +804,33 @@ impl H2Conn {
                 h.trailers_only = block.end_stream && head.grpc_status.is_some();
                 h.head = head;
             } else {
-                // Trailers: only the gRPC outcome is reported from them.
-                if head.grpc_status.is_some() {
-                    h.head.grpc_status = head.grpc_status;
-                }
-                if head.grpc_message.is_some() {
-                    h.head.grpc_message = head.grpc_message;
-                }
+                h.head.take_outcome(head);
             }
             h.blocks += 1;
         }
+        let cost = st.cost();
+        self.kept = self.kept - st.kept + cost;
+        st.kept = cost;
         if block.end_stream {
             self.end_half(id, d, ns);
+        }
+        self.hold_to_budget();
+    }
+
+    /// Report the stalest streams early, incomplete, while the streams hold more than
+    /// `max_retained` bytes.
+    fn hold_to_budget(&mut self) {
+        while self.kept > self.limits.max_retained {
+            let victim = self
+                .streams
+                .values()
+                .min_by_key(|s| (s.last_ns, s.id))
+                .map(|s| s.id);
+            let Some(st) = victim.and_then(|id| self.streams.remove(&id)) else {
+                break;
+            };
+            self.stats.streams_evicted_memory += 1;
+            self.emit(st, false, Some("memory_budget"));
         }
     }
 
@@ -803,7 +859,10 @@ impl H2Conn {
             return None;
         }
         self.stats.streams += 1;
-        self.streams.insert(id, Stream::new(id, ns));
+        let mut st = Stream::new(id, ns);
+        st.kept = st.cost();
+        self.kept += st.kept;
+        self.streams.insert(id, Box::new(st));
         Some(id)
     }
 
@@ -926,14 +985,16 @@ impl H2Conn {
         }
     }
 
-    fn emit(&mut self, st: Stream, complete: bool, incomplete_note: Option<&'static str>) {
+    /// Every stream leaves the table through here.
+    fn emit(&mut self, st: Box<Stream>, complete: bool, incomplete_note: Option<&'static str>) {
+        self.kept -= st.kept;
         if st.id < self.pre_join_below {
             self.pre_join_done.insert(st.id);
             if self.pre_join_done.len() > self.limits.max_streams {
                 self.pre_join_done.pop_first();
             }
         }
-        let ex = st.into_exchange(self.client, complete, incomplete_note);
+        let ex = (*st).into_exchange(self.client, complete, incomplete_note);
         self.ready.push(ex);
     }
 }
@@ -1348,6 +1409,8 @@ struct Stream {
     notes: Vec<&'static str>,
     first_ns: u64,
     last_ns: u64,
+    /// Its `cost()` as last counted in the connection's `kept`.
+    kept: usize,
 }
 
 impl Stream {
@@ -1362,7 +1425,19 @@ impl Stream {
             notes: Vec::new(),
             first_ns: ns,
             last_ns: ns,
+            kept: 0,
         }
+    }
+
+    /// Bytes this stream holds: its state and the header values it keeps.
+    fn cost(&self) -> usize {
+        let given = self.given.as_ref().map_or(0, |g| {
+            std::mem::size_of::<Given>()
+                + g.method.len()
+                + g.path.len()
+                + g.authority.as_ref().map_or(0, String::len)
+        });
+        STREAM_OVERHEAD + given + self.halves[0].head.kept + self.halves[1].head.kept
     }
 
     fn note(&mut self, note: &'static str) {
@@ -1521,6 +1596,20 @@ impl Stream {
     }
 }
 
+/// Bytes an exchange waiting to be handed out holds.
+fn exchange_cost(x: &H2Exchange) -> usize {
+    let s = |v: &Option<String>| v.as_ref().map_or(0, String::len);
+    std::mem::size_of::<H2Exchange>()
+        + s(&x.method)
+        + s(&x.path)
+        + s(&x.authority)
+        + s(&x.scheme)
+        + s(&x.user_agent)
+        + s(&x.content_type)
+        + s(&x.grpc_message)
+        + x.notes.len() * std::mem::size_of::<&str>()
+}
+
 fn is_grpc(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|c| c.starts_with("application/grpc"))
 }
@@ -1544,9 +1633,13 @@ struct Head {
     b3_trace: Option<String>,
     b3_span: Option<String>,
     truncated_value: bool,
+    /// Bytes of the values kept (at most `MAX_HEAD_KEPT`).
+    kept: usize,
 }
 
 impl Head {
+    /// Keep a field the record uses. The first value of each field wins: a repeated field
+    /// costs nothing more, and all values together are held to `MAX_HEAD_KEPT` bytes.
     fn add(&mut self, name: &[u8], value: &[u8]) {
         let slot = match name {
             b":method" => &mut self.method,
@@ -1561,25 +1654,52 @@ impl Head {
             b"x-b3-traceid" => &mut self.b3_trace,
             b"x-b3-spanid" => &mut self.b3_span,
             b":status" => {
-                self.has_status = true;
-                self.status = parse_status(value);
+                if !self.has_status {
+                    self.has_status = true;
+                    self.status = parse_status(value);
+                }
                 return;
             }
             b"grpc-status" => {
-                self.grpc_status = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok());
+                if self.grpc_status.is_none() {
+                    self.grpc_status = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok());
+                }
                 return;
             }
-            b"grpc-message" => {
-                self.grpc_message = Some(percent_decode(value));
-                return;
-            }
+            b"grpc-message" => &mut self.grpc_message,
             _ => return,
         };
-        let keep = value.len().min(MAX_VALUE_LEN);
+        if slot.is_some() {
+            return;
+        }
+        let room = MAX_HEAD_KEPT.saturating_sub(self.kept);
+        let keep = value.len().min(MAX_VALUE_LEN).min(room);
         self.truncated_value |= keep < value.len();
-        *slot = Some(String::from_utf8_lossy(&value[..keep]).into_owned());
+        if keep == 0 && !value.is_empty() {
+            return;
+        }
+        let kept = if name == b"grpc-message" {
+            percent_decode(&value[..keep])
+        } else {
+            String::from_utf8_lossy(&value[..keep]).into_owned()
+        };
+        self.kept += kept.len();
+        *slot = Some(kept);
+    }
+
+    /// Trailers: only the gRPC outcome is taken from them.
+    fn take_outcome(&mut self, trailers: Head) {
+        if trailers.grpc_status.is_some() {
+            self.grpc_status = trailers.grpc_status;
+        }
+        if let Some(m) = trailers.grpc_message {
+            let old = self.grpc_message.as_ref().map_or(0, String::len);
+            self.kept = self.kept - old + m.len();
+            self.grpc_message = Some(m);
+        }
+        self.truncated_value |= trailers.truncated_value;
     }
 }
 
@@ -1646,6 +1766,9 @@ fn other(d: Direction) -> Direction {
 struct Outcome {
     /// Fields whose name could not be known.
     unknown: u32,
+    /// The block held more than `MAX_FIELDS_PER_BLOCK` fields: the rest were decoded for
+    /// the table's sake but not looked at.
+    overworked: bool,
     /// The block was malformed (or did not match the table we hold).
     error: bool,
     /// Decoding stopped being exact: part of the table is unknown from now on.
@@ -1671,11 +1794,36 @@ struct Hpack {
     announced: usize,
 }
 
-/// A dynamic-table entry: its name is None when it came from an entry we never saw.
-type Entry = (Option<Box<[u8]>>, Box<[u8]>);
+/// A dynamic-table entry: its name is None when it came from an entry we never saw. Names
+/// are shared: a literal that reuses an entry's name (up to the table's size) costs a
+/// reference, not a copy.
+type Entry = (Option<Arc<[u8]>>, Box<[u8]>);
+
+/// A field name found in a table.
+#[derive(Clone, Copy)]
+enum Name<'a> {
+    Static(&'static [u8]),
+    Shared(&'a Arc<[u8]>),
+}
+
+impl Name<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Name::Static(b) => b,
+            Name::Shared(a) => a,
+        }
+    }
+
+    fn to_shared(self) -> Arc<[u8]> {
+        match self {
+            Name::Static(b) => Arc::from(b),
+            Name::Shared(a) => Arc::clone(a),
+        }
+    }
+}
 
 enum Slot<'a> {
-    Known(Option<&'a [u8]>, &'a [u8]),
+    Known(Option<Name<'a>>, &'a [u8]),
     Unknown,
 }
 
@@ -1704,6 +1852,11 @@ impl Hpack {
             max: None,
             ..Hpack::exact()
         }
+    }
+
+    /// Bytes the table holds, as the protocol counts them (at most `TABLE_SIZE_CAP`).
+    fn held(&self) -> usize {
+        self.size
     }
 
     fn announce(&mut self, size: usize) {
@@ -1741,9 +1894,19 @@ impl Hpack {
     ) -> Outcome {
         let was_exact = !self.tail_unknown;
         let mut out = Outcome::default();
+        let mut fields = 0usize;
+        let mut overworked = false;
+        let mut capped = |n: &[u8], v: &[u8]| {
+            if fields < MAX_FIELDS_PER_BLOCK {
+                fields += 1;
+                sink(n, v);
+            } else {
+                overworked = true;
+            }
+        };
         let mut pos = 0;
         while pos < buf.len() {
-            match self.field(&buf[pos..], sink, &mut out) {
+            match self.field(&buf[pos..], &mut capped, &mut out) {
                 Ok(n) => pos += n,
                 Err(Stop::Truncated) if truncated => break,
                 Err(_) => {
@@ -1755,6 +1918,7 @@ impl Hpack {
         if out.error || truncated {
             self.lose();
         }
+        out.overworked = overworked;
         out.downgraded = was_exact && self.tail_unknown;
         out
     }
@@ -1769,7 +1933,7 @@ impl Hpack {
         if first & 0x80 != 0 {
             let (index, n) = integer(b, 7)?;
             match self.slot(index)? {
-                Slot::Known(Some(name), value) => sink(name, value),
+                Slot::Known(Some(name), value) => sink(name.bytes(), value),
                 _ => out.unknown += 1,
             }
             return Ok(n);
@@ -1781,24 +1945,37 @@ impl Hpack {
         }
         let insert = first & 0x40 != 0;
         let (index, mut n) = integer(b, if insert { 6 } else { 4 })?;
-        let name = if index == 0 {
+        let literal = if index == 0 {
             let (s, k) = string(&b[n..])?;
             n += k;
-            Some(s.into_owned())
+            Some(s)
         } else {
-            match self.slot(index)? {
-                Slot::Known(name, _) => name.map(<[u8]>::to_vec),
-                Slot::Unknown => None,
-            }
+            // Checked before the value, as the field is read.
+            self.slot(index)?;
+            None
         };
         let (value, k) = string(&b[n..])?;
         n += k;
-        match &name {
-            Some(name) => sink(name, &value),
-            None => out.unknown += 1,
-        }
+        // The name is borrowed from the block or the table; a copy (or a shared reference)
+        // is made only for an entry to insert.
+        let kept_name = match &literal {
+            Some(name) => {
+                sink(name, &value);
+                insert.then(|| Arc::from(&name[..]))
+            }
+            None => match self.slot(index)? {
+                Slot::Known(Some(name), _) => {
+                    sink(name.bytes(), &value);
+                    insert.then(|| name.to_shared())
+                }
+                _ => {
+                    out.unknown += 1;
+                    None
+                }
+            },
+        };
         if insert {
-            self.insert(name, value.into_owned());
+            self.insert(kept_name, value.into_owned());
         }
         Ok(n)
     }
@@ -1808,11 +1985,14 @@ impl Hpack {
             return Err(Stop::Malformed);
         }
         if let Some(&(name, value)) = STATIC_TABLE.get(index - 1) {
-            return Ok(Slot::Known(Some(name.as_bytes()), value.as_bytes()));
+            return Ok(Slot::Known(
+                Some(Name::Static(name.as_bytes())),
+                value.as_bytes(),
+            ));
         }
         let at = index - STATIC_TABLE.len() - 1;
         if let Some((name, value)) = self.entries.get(at) {
-            return Ok(Slot::Known(name.as_deref(), value));
+            return Ok(Slot::Known(name.as_ref().map(Name::Shared), value));
         }
         // No table holds more entries than its size allows.
         let bound = self
@@ -1828,8 +2008,8 @@ impl Hpack {
         }
     }
 
-    fn insert(&mut self, name: Option<Vec<u8>>, value: Vec<u8>) {
-        let size = name.as_ref().map_or(0, Vec::len) + value.len() + ENTRY_OVERHEAD;
+    fn insert(&mut self, name: Option<Arc<[u8]>>, value: Vec<u8>) {
+        let size = name.as_ref().map_or(0, |n| n.len()) + value.len() + ENTRY_OVERHEAD;
         if size > self.capacity() {
             // Bigger than the table: the peer's table is now empty, if we know its size.
             self.entries.clear();
@@ -1837,8 +2017,7 @@ impl Hpack {
             self.tail_unknown = !self.exact_limit();
             return;
         }
-        self.entries
-            .push_front((name.map(Vec::into_boxed_slice), value.into_boxed_slice()));
+        self.entries.push_front((name, value.into_boxed_slice()));
         self.size += size;
         self.evict();
     }
@@ -3256,7 +3435,7 @@ mod tests {
         h.push(("x-big", "b".repeat(500)));
         let r = t.req(1, &h, true);
         t.trickle(E, &r, 50);
-        assert!(t.c.buffered_bytes() <= 64);
+        assert!(t.c.frame_bytes() <= 64);
         let r = t.resp(1, &[(":status", "200")], true);
         t.send(I, &r);
         let ex = &t.out[0];
@@ -3284,7 +3463,7 @@ mod tests {
         let d = data(1, &vec![1u8; 200_000], true);
         for c in d.chunks(997) {
             t.send(I, c);
-            assert!(t.c.buffered_bytes() <= FRAME_HEADER);
+            assert!(t.c.frame_bytes() <= FRAME_HEADER);
         }
         assert_eq!(t.only().resp_body_bytes, 200_000);
     }
@@ -3678,6 +3857,7 @@ mod tests {
             max_streams: 16,
             max_header_block: 512,
             max_buffered: 1024,
+            max_retained: 16 * 1024,
         };
         let mut chunks = 0;
         let mut exchanges = 0;
@@ -3746,7 +3926,10 @@ mod tests {
                     &mut out,
                 );
                 chunks += 1;
-                assert!(c.buffered_bytes() <= 2 * (limits.max_buffered + 32));
+                let tables: usize = c.dirs.iter().map(|d| d.hpack.held()).sum();
+                assert!(c.buffered_bytes() - tables - c.kept <= 2 * (limits.max_buffered + 32));
+                assert!(c.kept <= limits.max_retained);
+                assert!(tables <= 2 * TABLE_SIZE_CAP);
                 assert!(c.open_streams() <= limits.max_streams);
             }
             c.close(ts + 1, &mut out);
@@ -3783,10 +3966,177 @@ mod tests {
                     data: &b,
                 };
                 c.feed(&ch, &mut out);
-                assert!(c.buffered_bytes() <= 2 * (limits.max_buffered + 32));
+                let tables: usize = c.dirs.iter().map(|d| d.hpack.held()).sum();
+                assert!(c.buffered_bytes() - tables - c.kept <= 2 * (limits.max_buffered + 32));
+                assert!(c.kept <= limits.max_retained);
+                assert!(tables <= 2 * TABLE_SIZE_CAP);
             }
             c.close(100, &mut out);
         }
+    }
+
+    /// RFC 7541 §5.1 integer: `flags` in the first byte's high bits.
+    fn hint(v: usize, prefix: u8, flags: u8) -> Vec<u8> {
+        let max = (1usize << prefix) - 1;
+        if v < max {
+            return vec![flags | v as u8];
+        }
+        let mut out = vec![flags | max as u8];
+        let mut rest = v - max;
+        while rest >= 128 {
+            out.push((rest % 128) as u8 | 0x80);
+            rest /= 128;
+        }
+        out.push(rest as u8);
+        out
+    }
+
+    /// A raw (not Huffman-coded) string literal.
+    fn hstr(b: &[u8]) -> Vec<u8> {
+        let mut out = hint(b.len(), 7, 0);
+        out.extend_from_slice(b);
+        out
+    }
+
+    /// A literal field with a new name, added to the table.
+    fn lit_insert(name: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x40];
+        out.extend(hstr(name));
+        out.extend(hstr(value));
+        out
+    }
+
+    /// Preface, SETTINGS with a 64 KiB table for the client's blocks, and a first block
+    /// on stream 1 filling the table with the fields a record keeps, 4000 bytes each.
+    fn hostile_open(l: H2Limits) -> T {
+        let mut t = T::with(H2Conn::new(Role::Client, l));
+        let mut c = PREFACE.to_vec();
+        c.extend(settings(&[]));
+        t.send(E, &c);
+        let mut sv = settings(&[(SETTINGS_HEADER_TABLE_SIZE, 65_536)]);
+        sv.extend(frame(SETTINGS, ACK, 0, &[]));
+        t.send(I, &sv);
+        let mut block = hint(65_536, 5, 0x20);
+        block.push(0x82); // :method GET
+        for name in KEPT {
+            block.extend(lit_insert(name.as_bytes(), &[b'v'; 4000]));
+        }
+        t.send(E, &split_block(1, &block, true, 16_000));
+        t
+    }
+
+    const KEPT: [&str; 8] = [
+        ":path",
+        ":authority",
+        "user-agent",
+        "content-type",
+        "sw8",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+    ];
+
+    /// A 21-byte HEADERS frame naming every kept field of the table: before the budget,
+    /// each such stream held 2 x 4000 x 8 bytes until it ended.
+    fn indexed_request(stream: u32) -> Vec<u8> {
+        let mut block = vec![0x82];
+        // Oldest entry (`:path`) first: the table lists the newest first, from 62.
+        block.extend((0..KEPT.len()).rev().map(|k| 0x80 | (62 + k) as u8));
+        frame(HEADERS, END_HEADERS | END_STREAM, stream, &block)
+    }
+
+    /// Streams that never end, each asking to keep 32 KB of header values from 17 bytes
+    /// of indexes, are held to the connection's budget: the stalest are reported early,
+    /// marked and counted, and `buffered_bytes` counts what is kept.
+    #[test]
+    fn idle_streams_are_held_to_the_memory_budget() {
+        let l = H2Limits::default();
+        let mut t = hostile_open(l);
+        let mut most = 0;
+        for k in 1..3000u32 {
+            t.send(E, &indexed_request(2 * k + 1));
+            most = most.max(t.c.buffered_bytes());
+        }
+        let slack = 2 * (TABLE_SIZE_CAP + l.max_buffered + l.max_header_block);
+        assert!(most <= l.max_retained + slack, "held {most}");
+        assert!(most >= l.max_retained / 2, "held only {most}");
+        let st = t.c.stats().clone();
+        assert!(st.streams_evicted_memory > 1000, "{st:?}");
+        let early: Vec<_> = t
+            .out
+            .iter()
+            .filter(|x| x.notes.contains(&"memory_budget"))
+            .collect();
+        assert_eq!(early.len() as u64, st.streams_evicted_memory);
+        for x in &early {
+            assert!(!x.complete);
+            assert_eq!(x.method.as_deref(), Some("GET"));
+            // Each value is kept whole while the head's total allows.
+            assert_eq!(x.path.as_ref().map(String::len), Some(4000));
+        }
+        // A stream's head keeps at most MAX_HEAD_KEPT bytes: the rest is marked.
+        assert!(early
+            .iter()
+            .all(|x| x.partial && x.notes.contains(&"header_value_truncated")));
+        t.close();
+        assert_eq!(t.c.buffered_bytes() - held_tables(&t.c), 0);
+    }
+
+    fn held_tables(c: &H2Conn) -> usize {
+        c.dirs.iter().map(|d| d.hpack.held()).sum()
+    }
+
+    /// A block repeating one field, and literals reusing a 60 KB name from the table, cost
+    /// no more copies than the record keeps; a block with more fields than are looked at
+    /// is marked and counted, and the table stays in step after it.
+    #[test]
+    fn hostile_blocks_do_not_multiply_copies() {
+        let mut t = hostile_open(H2Limits::default());
+        // 30,000 copies of :path (4000 bytes in the table, the oldest entry), 1 byte each.
+        let path_index = 0x80 | (62 + KEPT.len() - 1) as u8;
+        let mut block = vec![0x82];
+        block.extend(std::iter::repeat_n(path_index, 30_000));
+        t.send(E, &split_block(3, &block, true, 16_000));
+        let r = t.resp(3, &[(":status", "200")], true);
+        t.send(I, &r);
+        let x = t.out.last().unwrap().clone();
+        assert_eq!(x.stream_id, 3);
+        assert_eq!(x.path.as_ref().map(String::len), Some(4000));
+        assert!(x.notes.contains(&"header_block_too_many_fields"), "{x:?}");
+        assert_eq!(t.c.stats().hpack_blocks_overworked, 1);
+        // The table is still right: stream 5 names every field.
+        t.send(E, &indexed_request(5));
+        let r = t.resp(5, &[(":status", "204")], true);
+        t.send(I, &r);
+        let x = t.out.last().unwrap().clone();
+        assert_eq!(x.stream_id, 5);
+        assert_eq!(x.status, Some(204));
+        assert_eq!(x.path.as_ref().map(String::len), Some(4000));
+        assert_eq!(x.authority.as_ref().map(String::len), Some(4000));
+        assert!(!x.notes.contains(&"hpack_error"), "{x:?}");
+    }
+
+    /// The first value of a repeated kept field is the one reported.
+    #[test]
+    fn first_of_each_kept_field_wins() {
+        let mut t = T::new();
+        let h = vec![
+            (":method", "GET".to_string()),
+            (":scheme", "http".into()),
+            (":path", "/first".into()),
+            (":path", "/second".into()),
+            (":authority", "a.example".into()),
+            ("user-agent", "one".into()),
+            ("user-agent", "two".into()),
+        ];
+        let b = t.req(1, &h, true);
+        t.send(E, &b);
+        let r = t.resp(1, &[(":status", "200"), (":status", "500")], true);
+        t.send(I, &r);
+        let x = t.out.last().unwrap();
+        assert_eq!(x.path.as_deref(), Some("/first"));
+        assert_eq!(x.user_agent.as_deref(), Some("one"));
+        assert_eq!(x.status, Some(200));
     }
 }
 

@@ -125,6 +125,7 @@ impl Parser {
             }
             out.push(Exchange::Http2(x));
         }
+        super::release(&mut self.scratch2);
     }
 
     /// HTTP/1 exchanges out; on a 101 to `h2c`, continue as HTTP/2 with that request as
@@ -142,6 +143,7 @@ impl Parser {
                 out.push(Exchange::Http1(x));
             }
         }
+        super::release(&mut self.scratch1);
         if let (Some(x), Inner::H1(h)) = (upgrade, &mut self.inner) {
             let role = h.role();
             self.h1_done = Some(h.stats().clone());
@@ -194,6 +196,7 @@ impl Parser {
                 h.close(ts_ns, &mut self.scratch1);
                 // An upgrade cannot follow a close: everything is an exchange.
                 out.extend(self.scratch1.drain(..).map(Exchange::Http1));
+                super::release(&mut self.scratch1);
             }
             Inner::H2(h) => {
                 h.close(ts_ns, &mut self.scratch2);
