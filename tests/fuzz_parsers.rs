@@ -15,12 +15,14 @@
 //!
 //! Time: `K8S_ALOG_FUZZ_SECONDS` (default 15); seed: `K8S_ALOG_FUZZ_SEED`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+#[path = "common/alloc.rs"]
+mod counting;
+
+use counting::{allocated, live};
 use k8s_alog::protocol::l7::{self, Parser};
 use k8s_alog::protocol::{Chunk, Direction, Role};
 
@@ -35,62 +37,6 @@ const RETAINED_BOUND: isize = 2 * 1024 * 1024;
 /// Bytes a parser may allocate per input byte, beyond `ALLOC_FLOOR` per session.
 const ALLOC_PER_BYTE: u64 = 1000;
 const ALLOC_FLOOR: u64 = 4 * 1024 * 1024;
-
-/// Counts this thread's heap: live bytes and bytes ever allocated.
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static ALLOCATED: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count(live: isize, allocated: usize) {
-    let _ = LIVE.try_with(|c| c.set(c.get() + live));
-    let _ = ALLOCATED.try_with(|c| c.set(c.get() + allocated as u64));
-}
-
-fn live() -> isize {
-    LIVE.with(Cell::get)
-}
-
-fn allocated() -> u64 {
-    ALLOCATED.with(Cell::get)
-}
-
-// SAFETY: every call is passed to the system allocator unchanged; only counted.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            count(l.size() as isize, l.size());
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(l) };
-        if !p.is_null() {
-            count(l.size() as isize, l.size());
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        count(-(l.size() as isize), 0);
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, l, new) };
-        if !q.is_null() {
-            count(
-                new as isize - l.size() as isize,
-                new.saturating_sub(l.size()),
-            );
-        }
-        q
-    }
-}
-
-#[global_allocator]
-static COUNTING: Counting = Counting;
 
 /// The worst figures seen, over every session and parser flavour.
 #[derive(Debug, Default, Clone, Copy)]

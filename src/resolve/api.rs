@@ -338,118 +338,40 @@ impl ApiClient {
 
     /// GET and decode JSON; a non-2xx status is an error (with the start of the body).
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let body = self.get_ok(path).await?;
+        serde_json::from_slice(&body).with_context(|| format!("GET {path}: bad JSON"))
+    }
+
+    /// GET a body; a non-2xx status is an error (with the start of the body).
+    async fn get_ok(&self, path: &str) -> anyhow::Result<Bytes> {
         let (st, body) = self.get(path).await?;
         if !st.is_success() {
             let head = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
             bail!("GET {path}: HTTP {st}: {head}");
         }
-        serde_json::from_slice(&body).with_context(|| format!("GET {path}: bad JSON"))
+        Ok(body)
     }
 
     /// Fetch pods, Services and endpoints.
     pub async fn fetch(&self, naming: &Naming) -> anyhow::Result<ApiData> {
-        let pods: List<Pod> = self.get_json("/api/v1/pods?resourceVersion=0").await?;
-        let services: List<Service> = self.get_json("/api/v1/services?resourceVersion=0").await?;
         let mut data = ApiData::default();
-        for p in pods.items {
-            if matches!(p.status.phase.as_str(), "Succeeded" | "Failed") {
-                continue;
-            }
-            let mut ips: Vec<IpAddr> = p
-                .status
-                .pod_ips
-                .iter()
-                .filter_map(|i| i.ip.parse().ok())
-                .collect();
-            if let Ok(ip) = p.status.pod_ip.parse::<IpAddr>() {
-                if !ips.contains(&ip) {
-                    ips.insert(0, ip);
-                }
-            }
-            let owner = p
-                .metadata
-                .owner_references
-                .iter()
-                .find(|o| o.controller.unwrap_or(false))
-                .or(p.metadata.owner_references.first())
-                .map(|o| (o.kind.clone(), o.name.clone()));
-            let local = naming
-                .node_name
-                .as_deref()
-                .is_some_and(|n| n == p.spec.node_name);
-            data.pods.push(PodMeta {
-                uid: p.metadata.uid,
-                name: p.metadata.name,
-                namespace: p.metadata.namespace,
-                labels: p.metadata.labels,
-                ips,
-                host_network: p.spec.host_network,
-                owner,
-                local,
-            });
-        }
-        for s in services.items {
-            let mut ips: Vec<IpAddr> = s
-                .spec
-                .cluster_ips
-                .iter()
-                .filter_map(|i| i.parse().ok())
-                .collect();
-            if let Ok(ip) = s.spec.cluster_ip.parse::<IpAddr>() {
-                if !ips.contains(&ip) {
-                    ips.insert(0, ip);
-                }
-            }
-            data.services.push(ServiceMeta {
-                name: s.metadata.name,
-                namespace: s.metadata.namespace,
-                cluster_ips: ips,
-                selector: s.spec.selector.unwrap_or_default(),
-            });
-        }
+        let path = "/api/v1/pods?resourceVersion=0";
+        data.add_pods(&self.get_ok(path).await?, naming)
+            .with_context(|| format!("GET {path}"))?;
+        let path = "/api/v1/services?resourceVersion=0";
+        data.add_services(&self.get_ok(path).await?)
+            .with_context(|| format!("GET {path}"))?;
         // EndpointSlices (v1 since Kubernetes 1.21); Endpoints on older servers.
-        match self
-            .get_json::<List<EndpointSlice>>(
-                "/apis/discovery.k8s.io/v1/endpointslices?resourceVersion=0",
-            )
-            .await
-        {
-            Ok(slices) => {
-                for sl in slices.items {
-                    let Some(svc) = sl.metadata.labels.get("kubernetes.io/service-name") else {
-                        continue;
-                    };
-                    for ep in &sl.endpoints {
-                        for a in &ep.addresses {
-                            if let Ok(ip) = a.parse() {
-                                data.endpoints.push((
-                                    ip,
-                                    sl.metadata.namespace.clone(),
-                                    svc.clone(),
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!("EndpointSlices unavailable ({e:#}); reading Endpoints");
-                let eps: List<Endpoints> =
-                    self.get_json("/api/v1/endpoints?resourceVersion=0").await?;
-                for e in eps.items {
-                    for ss in &e.subsets {
-                        for a in ss.addresses.iter().chain(&ss.not_ready_addresses) {
-                            if let Ok(ip) = a.ip.parse() {
-                                data.endpoints.push((
-                                    ip,
-                                    e.metadata.namespace.clone(),
-                                    e.metadata.name.clone(),
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
+        let path = "/apis/discovery.k8s.io/v1/endpointslices?resourceVersion=0";
+        let slices = match self.get_ok(path).await {
+            Ok(body) => data.add_endpoint_slices(&body),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = slices {
+            tracing::debug!("EndpointSlices unavailable ({e:#}); reading Endpoints");
+            let path = "/api/v1/endpoints?resourceVersion=0";
+            data.add_endpoints(&self.get_ok(path).await?)
+                .with_context(|| format!("GET {path}"))?;
         }
         Ok(data)
     }
@@ -571,6 +493,113 @@ pub struct ApiData {
 }
 
 impl ApiData {
+    /// Add the pods of a `/api/v1/pods` list (JSON), leaving out those that ended. A body
+    /// that is not such a list adds nothing and is an error.
+    pub fn add_pods(&mut self, body: &[u8], naming: &Naming) -> anyhow::Result<()> {
+        let pods: List<Pod> = serde_json::from_slice(body).context("bad JSON")?;
+        for p in pods.items {
+            if matches!(p.status.phase.as_str(), "Succeeded" | "Failed") {
+                continue;
+            }
+            let mut ips: Vec<IpAddr> = p
+                .status
+                .pod_ips
+                .iter()
+                .filter_map(|i| i.ip.parse().ok())
+                .collect();
+            if let Ok(ip) = p.status.pod_ip.parse::<IpAddr>() {
+                if !ips.contains(&ip) {
+                    ips.insert(0, ip);
+                }
+            }
+            let owner = p
+                .metadata
+                .owner_references
+                .iter()
+                .find(|o| o.controller.unwrap_or(false))
+                .or(p.metadata.owner_references.first())
+                .map(|o| (o.kind.clone(), o.name.clone()));
+            let local = naming
+                .node_name
+                .as_deref()
+                .is_some_and(|n| n == p.spec.node_name);
+            self.pods.push(PodMeta {
+                uid: p.metadata.uid,
+                name: p.metadata.name,
+                namespace: p.metadata.namespace,
+                labels: p.metadata.labels,
+                ips,
+                host_network: p.spec.host_network,
+                owner,
+                local,
+            });
+        }
+        Ok(())
+    }
+
+    /// Add the Services of a `/api/v1/services` list (JSON).
+    pub fn add_services(&mut self, body: &[u8]) -> anyhow::Result<()> {
+        let services: List<Service> = serde_json::from_slice(body).context("bad JSON")?;
+        for s in services.items {
+            let mut ips: Vec<IpAddr> = s
+                .spec
+                .cluster_ips
+                .iter()
+                .filter_map(|i| i.parse().ok())
+                .collect();
+            if let Ok(ip) = s.spec.cluster_ip.parse::<IpAddr>() {
+                if !ips.contains(&ip) {
+                    ips.insert(0, ip);
+                }
+            }
+            self.services.push(ServiceMeta {
+                name: s.metadata.name,
+                namespace: s.metadata.namespace,
+                cluster_ips: ips,
+                selector: s.spec.selector.unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Add the addresses of a `discovery.k8s.io/v1` EndpointSlice list (JSON).
+    pub fn add_endpoint_slices(&mut self, body: &[u8]) -> anyhow::Result<()> {
+        let slices: List<EndpointSlice> = serde_json::from_slice(body).context("bad JSON")?;
+        for sl in slices.items {
+            let Some(svc) = sl.metadata.labels.get("kubernetes.io/service-name") else {
+                continue;
+            };
+            for ep in &sl.endpoints {
+                for a in &ep.addresses {
+                    if let Ok(ip) = a.parse() {
+                        self.endpoints
+                            .push((ip, sl.metadata.namespace.clone(), svc.clone()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Add the addresses of a `/api/v1/endpoints` list (JSON), ready or not.
+    pub fn add_endpoints(&mut self, body: &[u8]) -> anyhow::Result<()> {
+        let eps: List<Endpoints> = serde_json::from_slice(body).context("bad JSON")?;
+        for e in eps.items {
+            for ss in &e.subsets {
+                for a in ss.addresses.iter().chain(&ss.not_ready_addresses) {
+                    if let Ok(ip) = a.ip.parse() {
+                        self.endpoints.push((
+                            ip,
+                            e.metadata.namespace.clone(),
+                            e.metadata.name.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn apply(&self, b: &mut SnapshotBuilder) {
         for p in &self.pods {
             b.add_pod(p.clone());

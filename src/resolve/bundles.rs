@@ -67,6 +67,17 @@ pub fn parse_spec(json: &str) -> Option<Bundle> {
     (b.pod_uid.is_some() || b.sandbox_id.is_some()).then_some(b)
 }
 
+/// Largest `config.json` read: a spec with every annotation and mount a pod can have is far
+/// smaller.
+const MAX_SPEC: u64 = 8 << 20;
+
+/// A bundle file as text: a regular file of root's (never through a symbolic link), at
+/// most `max` bytes.
+fn read_text(path: &Path, max: u64) -> Option<String> {
+    let bytes = crate::fsutil::read_bounded(path, max).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// Reads the bundles of a state directory, remembering those already parsed.
 #[derive(Debug, Default)]
 pub struct BundleReader {
@@ -86,12 +97,10 @@ impl BundleReader {
             let id = e.file_name().to_string_lossy().into_owned();
             let bundle = match self.cache.remove(&id) {
                 Some(hit) => hit,
-                None => std::fs::read_to_string(e.path().join("config.json"))
-                    .ok()
+                None => read_text(&e.path().join("config.json"), MAX_SPEC)
                     .and_then(|t| parse_spec(&t))
                     .map(|mut bd| {
-                        bd.pid = std::fs::read_to_string(e.path().join("init.pid"))
-                            .ok()
+                        bd.pid = read_text(&e.path().join("init.pid"), 64)
                             .and_then(|p| p.trim().parse().ok());
                         bd
                     }),

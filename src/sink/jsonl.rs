@@ -111,22 +111,93 @@ impl Sink for JsonlSink {
     }
 }
 
+/// Longest line `read_records` accepts: far above any record we write.
+pub const MAX_RECORD_LINE: usize = 16 << 20;
+
 /// Reads a recording back, one record per line. A line that is not a record is an error
-/// naming its line number (a recording is our own output: damage should be seen, not skipped).
+/// naming its line number (a recording is our own output: damage should be seen, not
+/// skipped), and ends the reading; so is a line longer than `MAX_RECORD_LINE`, read no
+/// further than that.
 pub fn read_records(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Record>>> {
-    use std::io::BufRead;
     let f = std::fs::File::open(path)
         .with_context(|| format!("cannot open recording {}", path.display()))?;
-    let name = path.display().to_string();
-    Ok(std::io::BufReader::new(f)
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !matches!(l, Ok(s) if s.trim().is_empty()))
-        .map(move |(i, l)| {
-            let l = l.with_context(|| format!("reading {name}"))?;
-            serde_json::from_str::<Record>(&l)
-                .with_context(|| format!("{name}:{}: not a k8s-alog record", i + 1))
-        }))
+    Ok(RecordLines {
+        r: std::io::BufReader::new(f),
+        name: path.display().to_string(),
+        line: 0,
+        buf: Vec::new(),
+        done: false,
+    })
+}
+
+struct RecordLines<R> {
+    r: R,
+    name: String,
+    line: usize,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl<R: std::io::BufRead> Iterator for RecordLines<R> {
+    type Item = anyhow::Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::{BufRead, Read};
+        while !self.done {
+            self.buf.clear();
+            self.line += 1;
+            let limit = MAX_RECORD_LINE as u64 + 1;
+            let n = match (&mut self.r).take(limit).read_until(b'\n', &mut self.buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(
+                        anyhow::Error::new(e).context(format!("reading {}", self.name))
+                    ));
+                }
+            };
+            if n == 0 {
+                self.done = true;
+                break;
+            }
+            if self.buf.len() > MAX_RECORD_LINE {
+                self.done = true;
+                return Some(Err(anyhow::anyhow!(
+                    "{}:{}: a line longer than {} MiB: not a k8s-alog record",
+                    self.name,
+                    self.line,
+                    MAX_RECORD_LINE >> 20
+                )));
+            }
+            if self.buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let r = serde_json::from_slice::<Record>(&self.buf)
+                .with_context(|| format!("{}:{}: not a k8s-alog record", self.name, self.line));
+            if r.is_err() {
+                self.done = true;
+            }
+            if self.buf.capacity() > 1 << 20 {
+                self.buf = Vec::new();
+            }
+            return Some(r);
+        }
+        None
+    }
+}
+
+/// Records of a recording given as bytes (see `read_records`).
+pub fn records_from<'a>(
+    bytes: &'a [u8],
+    name: &str,
+) -> impl Iterator<Item = anyhow::Result<Record>> + 'a {
+    RecordLines {
+        r: bytes,
+        name: name.to_string(),
+        line: 0,
+        buf: Vec::new(),
+        done: false,
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +220,22 @@ mod tests {
             hooks: None,
             tls_probes: None,
         })
+    }
+
+    /// A recording with a line longer than any record stops there, with its line number,
+    /// read no further than the bound.
+    #[test]
+    fn an_endless_line_is_an_error_not_a_balloon() {
+        let mut bytes = serde_json::to_vec(&stats()).unwrap();
+        bytes.push(b'\n');
+        bytes.resize(bytes.len() + MAX_RECORD_LINE + 10, b' ');
+        bytes.extend_from_slice(b"x\n");
+        bytes.extend(serde_json::to_vec(&stats()).unwrap());
+        let got: Vec<_> = records_from(&bytes, "big.jsonl").collect();
+        assert_eq!(got.len(), 2, "the record, then the error; nothing after it");
+        assert!(got[0].is_ok());
+        let e = format!("{:#}", got[1].as_ref().unwrap_err());
+        assert!(e.contains("big.jsonl:2: a line longer than 16 MiB"), "{e}");
     }
 
     #[test]
