@@ -6,7 +6,7 @@ CARGO ?= cargo
 TARGET ?= x86_64-unknown-linux-gnu
 STATIC_BIN := target/$(TARGET)/release/k8s-alog
 
-.PHONY: help deps build static test test-static test-kernels bench bench-top install clean generate demo
+.PHONY: help deps build static test test-static test-kernels fuzz bench bench-top install clean generate demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -24,14 +24,21 @@ static: ## Build one statically linked binary ($(STATIC_BIN))
 	@ldd $(STATIC_BIN) 2>&1 | grep -q "statically linked" || ldd $(STATIC_BIN) 2>&1 | grep -q "not a dynamic executable"
 	@ls -l $(STATIC_BIN)
 
-test: ## Run every test: unit tests, the real-kernel tests (root), the static binary's, then the capture tests on other kernels in QEMU
+test: ## Run every test: unit tests, the real-kernel tests (root), the fuzzing with overflow checks, the static binary's, then the capture tests on other kernels in QEMU
 	$(CARGO) test --release -- --test-threads=1
+	$(MAKE) fuzz
 	$(MAKE) test-static
 	$(MAKE) test-kernels
 
 test-static: static ## Run the real-kernel capture tests and the shipping checks against the static binary
 	K8S_ALOG_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --release --test capture_http1 -- --test-threads=1
 	K8S_ALOG_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --release --test ship -- --test-threads=1
+
+# Seconds each fuzz test runs in `make fuzz` (the suite's own run is shorter by default).
+FUZZ_SECONDS ?= 15
+
+fuzz: ## Run the fuzz tests with arithmetic overflow checked, FUZZ_SECONDS each (e.g. `make fuzz FUZZ_SECONDS=600`)
+	K8S_ALOG_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --profile fuzz --test fuzz_parsers --test fuzz_inputs --test fuzz_tls -- --test-threads=1 --nocapture
 
 # Kernel configurations for test-kernels (see scripts/vm/test-kernels.sh), e.g.
 # `make test-kernels KERNELS="6.12 6.1,lockdown,hooks=syscall:http1"`; empty: the CI matrix.

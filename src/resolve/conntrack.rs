@@ -316,10 +316,12 @@ pub fn parse_answer(mut b: &[u8], seq: u32) -> Answer {
             match ty {
                 NLMSG_ERROR => {
                     let err = u32_at(body, 0).map(|e| e as i32).unwrap_or(-libc::EIO);
-                    return match -err {
-                        0 => Answer::Other,
-                        libc::ENOENT => Answer::NotFound,
-                        e => Answer::Error(e),
+                    // A negative errno; i32::MIN has no positive and is no errno.
+                    return match err.checked_neg() {
+                        Some(0) => Answer::Other,
+                        Some(libc::ENOENT) => Answer::NotFound,
+                        Some(e) => Answer::Error(e),
+                        None => Answer::Error(libc::EIO),
                     };
                 }
                 NLMSG_DONE => return Answer::NotFound,
@@ -454,5 +456,8 @@ mod tests {
         assert_eq!(parse_answer(&err, 1), Answer::NotFound);
         err[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
         assert_eq!(parse_answer(&err, 1), Answer::Error(libc::EPERM));
+        // No errno: an error, not an overflow (found by fuzzing with overflow checks).
+        err[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        assert_eq!(parse_answer(&err, 1), Answer::Error(libc::EIO));
     }
 }
