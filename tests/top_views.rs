@@ -266,7 +266,7 @@ fn loop_runs_on_stand_in_inputs() {
             Ok(keys.pop_front())
         }),
         clock: Box::new(|| None),
-        outside: Box::new(outside),
+        outside: Box::new(|_| outside()),
         stop: Arc::new(AtomicBool::new(false)),
     };
     let opts = LoopOptions {

@@ -70,13 +70,16 @@ fn node_name(args: &TopArgs) -> String {
 
 /// Replay `path` into `tx` at `speed` (0: at once), keeping `clock` at the replayed
 /// monotonic time. Records are never dropped (the replay waits instead).
+/// Feed the recording at `path` to `tx`; `failed` is set before the closing `Msg::Done`
+/// when a record could not be read.
 fn replay(
     path: PathBuf,
     speed: f64,
     tx: SyncSender<Msg>,
     clock: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-) -> bool {
+    failed: Arc<AtomicBool>,
+) {
     let res = (|| -> anyhow::Result<()> {
         let start = Instant::now();
         let mut t0: Option<u64> = None;
@@ -106,9 +109,8 @@ fn replay(
         }
         Ok(())
     })();
-    let failed = res.is_err();
+    failed.store(res.is_err(), Ordering::Relaxed);
     let _ = tx.send(Msg::Done(res.err().map(|e| format!("{e:#}"))));
-    failed
 }
 
 pub fn run(args: &TopArgs) -> anyhow::Result<()> {
@@ -143,7 +145,6 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let dropped = Arc::new(AtomicU64::new(0));
     let started = Arc::new(AtomicBool::new(false));
     let replay_clock = Arc::new(AtomicU64::new(0));
-    let replay_done = Arc::new(AtomicBool::new(false));
     let replay_failed = Arc::new(AtomicBool::new(false));
     let live_mode = args.from.is_none();
 
@@ -152,20 +153,13 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
             // Fail before the screen changes when the file cannot be read.
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
             let failed_flag = replay_failed.clone();
-            let (path, speed, clock, stop, done) = (
-                path.clone(),
-                args.speed,
-                replay_clock.clone(),
-                stop.clone(),
-                replay_done.clone(),
-            );
+            let (path, speed, clock, stop) =
+                (path.clone(), args.speed, replay_clock.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("top-replay".into())
                 .spawn(move || {
                     // The error itself is reported at exit; the header says it stopped.
-                    let failed = replay(path, speed, tx, clock, stop);
-                    failed_flag.store(failed, Ordering::Relaxed);
-                    done.store(true, Ordering::Relaxed);
+                    replay(path, speed, tx, clock, stop, failed_flag);
                     None
                 })?
         }
@@ -245,13 +239,14 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let speed = args.speed;
     let mut probe = CostProbe::new();
     let outside_dropped = dropped.clone();
-    let done2 = replay_done.clone();
     let failed2 = replay_failed.clone();
-    let outside = move || {
+    // "replay done" once the loop has applied everything the replay sent (`ended`), not
+    // merely once the replay has sent it.
+    let outside = move |ended: bool| {
         let c = probe.sample();
         Outside {
             node: node.clone(),
-            mode: match (live_mode, done2.load(Ordering::Relaxed), speed) {
+            mode: match (live_mode, ended, speed) {
                 (true, _, _) => "live".into(),
                 (false, true, _) if failed2.load(Ordering::Relaxed) => {
                     "replay STOPPED at a bad record (q: details)".into()

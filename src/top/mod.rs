@@ -48,8 +48,9 @@ pub struct Inputs {
     pub events: Box<dyn FnMut(Duration) -> std::io::Result<Option<Event>>>,
     /// Monotonic ns now, in the records' time base (None: the records' own time).
     pub clock: Box<dyn Fn() -> Option<u64>>,
-    /// Header figures from outside the records, sampled once a tick.
-    pub outside: Box<dyn FnMut() -> Outside>,
+    /// Header figures from outside the records, sampled once a tick; its argument says
+    /// that the record source has ended and all it sent has been applied.
+    pub outside: Box<dyn FnMut(bool) -> Outside>,
     /// Set from outside (SIGINT, SIGTERM) to end the loop.
     pub stop: Arc<AtomicBool>,
 }
@@ -185,7 +186,7 @@ pub fn run_loop<B: Backend>(
     let mut app = App::new(opts.window);
     let mut perf = Perf::new();
     let mut done = false;
-    let mut out = (inputs.outside)();
+    let mut out = (inputs.outside)(false);
     let mut next_tick = Instant::now();
     loop {
         let busy_from = Instant::now();
@@ -202,7 +203,7 @@ pub fn run_loop<B: Backend>(
             if let Some(c) = (inputs.clock)() {
                 st.tick(c);
             }
-            out = (inputs.outside)();
+            out = (inputs.outside)(done);
             app.refresh(&st, &out);
             term.draw(|f| {
                 app.page = view::table_page(f.area().height.saturating_sub(6));
