@@ -6,7 +6,7 @@ CARGO ?= cargo
 TARGET ?= x86_64-unknown-linux-gnu
 STATIC_BIN := target/$(TARGET)/release/k8s-alog
 
-.PHONY: help deps build static test test-static test-kernels fuzz bench bench-top install clean generate demo
+.PHONY: help deps build static test test-static test-kernels fuzz soak bench bench-top install clean generate demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ FUZZ_SECONDS ?= 15
 
 fuzz: ## Run the fuzz tests with arithmetic overflow checked, FUZZ_SECONDS each (e.g. `make fuzz FUZZ_SECONDS=600`)
 	K8S_ALOG_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --profile fuzz --test fuzz_parsers --test fuzz_inputs --test fuzz_tls -- --test-threads=1 --nocapture
+
+soak: ## Run record for 10 minutes while processes, connections and TLS binaries churn; RSS, fds and probes must stay flat (root; K8S_ALOG_SOAK_SECONDS)
+	$(CARGO) test --release --test soak -- --ignored --nocapture --test-threads=1
 
 # Kernel configurations for test-kernels (see scripts/vm/test-kernels.sh), e.g.
 # `make test-kernels KERNELS="6.12 6.1,lockdown,hooks=syscall:http1"`; empty: the CI matrix.

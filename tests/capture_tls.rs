@@ -13,7 +13,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,41 +26,6 @@ use common::*;
 // ---------------------------------------------------------------------------------------
 // Harness: `record` with the debug event log, certificates, tools.
 // ---------------------------------------------------------------------------------------
-
-/// A self-signed certificate and key for 127.0.0.1 in a temp dir.
-struct Cert {
-    dir: tempfile::TempDir,
-}
-
-impl Cert {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("alog-tls-cert-")
-            .tempdir()
-            .expect("temp dir");
-        let o = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", "/CN=127.0.0.1"])
-            .arg("-keyout")
-            .arg(dir.path().join("key.pem"))
-            .arg("-out")
-            .arg(dir.path().join("cert.pem"))
-            .output()
-            .expect("running openssl (install the openssl package)");
-        assert!(o.status.success(), "openssl req failed: {o:?}");
-        Self { dir }
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("cert.pem")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("key.pem")
-    }
-}
 
 /// `k8s-alog record` with `K8S_ALOG_DEBUG_EVENTS` set (the shared harness strips every
 /// K8S_ALOG_ variable, so this one starts the recorder itself).
@@ -453,21 +418,6 @@ impl Run {
             "{last}"
         );
     }
-}
-
-fn start_https_python(port: u16, cert: &Cert) -> ServerGuard {
-    let mut cmd = Command::new(python3());
-    cmd.arg(fixture("tls/https_server.py"))
-        .arg(port.to_string())
-        .arg(cert.cert())
-        .arg(cert.key());
-    let mut g = ServerGuard::spawn(cmd, "tests/fixtures/tls/https_server.py");
-    g.wait_stdout_line("READY", Duration::from_secs(20));
-    wait_for_port(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    );
-    g
 }
 
 /// curl and Python's server: plaintext on both sides, on the right sockets.

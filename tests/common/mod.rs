@@ -974,3 +974,56 @@ http {{
     }
     guard
 }
+
+/// A self-signed certificate and key for 127.0.0.1 in a temp dir.
+pub struct Cert {
+    dir: tempfile::TempDir,
+}
+
+#[allow(clippy::new_without_default)] // each call makes a new key: not a default
+impl Cert {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("alog-tls-cert-")
+            .tempdir()
+            .expect("temp dir");
+        let o = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=127.0.0.1"])
+            .arg("-keyout")
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem"))
+            .output()
+            .expect("running openssl (install the openssl package)");
+        assert!(o.status.success(), "openssl req failed: {o:?}");
+        Self { dir }
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+}
+
+/// Start the HTTPS test server (Python's ssl module, OpenSSL) on `port`; wait until it
+/// listens.
+pub fn start_https_python(port: u16, cert: &Cert) -> ServerGuard {
+    let mut cmd = Command::new(python3());
+    cmd.arg(fixture("tls/https_server.py"))
+        .arg(port.to_string())
+        .arg(cert.cert())
+        .arg(cert.key());
+    let mut g = ServerGuard::spawn(cmd, "tests/fixtures/tls/https_server.py");
+    g.wait_stdout_line("READY", Duration::from_secs(20));
+    wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    );
+    g
+}
