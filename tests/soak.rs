@@ -174,7 +174,7 @@ fn resources_stay_flat_under_churn() {
         }
     }
     let last_stats = stats.clone().unwrap_or(Value::Null);
-    let recording = rec.stop();
+    // The figures first: stopping is itself checked (it must not take minutes).
     eprintln!("soak: {rounds} rounds in {secs} s, {ok} clients succeeded; samples:");
     eprintln!("   t/s   RSS/KiB  fds  threads  probes  connections");
     for s in &samples {
@@ -184,6 +184,9 @@ fn resources_stay_flat_under_churn() {
         );
     }
     eprintln!("last stats: tls_probes {}", last_stats["tls_probes"]);
+    let stopping = Instant::now();
+    let recording = rec.stop();
+    eprintln!("stopped in {:?}", stopping.elapsed());
     let stats = final_stats(&recording.records);
     let tls = &stats["tls_probes"];
     let attached = tls["binaries_attached"].as_u64().unwrap_or(0)
