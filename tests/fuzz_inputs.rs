@@ -18,6 +18,10 @@
 #[path = "common/alloc.rs"]
 mod counting;
 
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,24 +45,6 @@ const ALLOC_FLOOR: u64 = 256 * 1024;
 const PEAK_PER_BYTE: u64 = 64;
 /// One input taking this long is a hang.
 const HANG: Duration = Duration::from_secs(10);
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
 
 const INTERESTING: [u8; 16] = [
     0, 1, 0x7f, 0x80, 0xff, b'\n', b'"', b'\\', b'{', b'}', b'[', b':', b'/', b'-', b'_', b'.',

@@ -15,6 +15,10 @@
 //!
 //! Time: `K8S_ALOG_FUZZ_SECONDS` (default 15); seed: `K8S_ALOG_FUZZ_SEED`.
 
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -65,25 +69,6 @@ struct Call {
 }
 
 type Session = Vec<Call>;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
 
 fn load_seeds() -> Vec<Session> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");

@@ -15,6 +15,10 @@
 
 mod common;
 
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
+
 use std::io::Write;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -39,28 +43,6 @@ const GO_FUNCS: [&str; 3] = [
     "crypto/tls.(*Conn).Write",
     "crypto/tls.(*Conn).handshakeContext",
 ];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn in_range(&mut self, r: &Range<usize>) -> usize {
-        r.start + self.below(r.len())
-    }
-}
 
 /// A real file and where its interesting parts are.
 struct Seed {

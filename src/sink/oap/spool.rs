@@ -218,16 +218,7 @@ impl Spool {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(SpoolError::Locked(dir.to_path_buf()));
         }
-        let mut me = Self {
-            dir: dir.to_path_buf(),
-            store: Store::Disk { _lock: lock },
-            max_bytes,
-            entries: VecDeque::new(),
-            bytes: 0,
-            next_seq: 1,
-            corrupt_files: 0,
-            peak_bytes: 0,
-        };
+        let mut me = Self::empty(dir, Store::Disk { _lock: lock }, max_bytes);
         let mut found = Vec::new();
         let mut set_aside = Vec::new();
         for e in fs::read_dir(dir).map_err(io)? {
@@ -276,9 +267,14 @@ impl Spool {
     /// A spool in memory, for when no directory can be used: the same bound and order;
     /// nothing survives the process.
     pub fn in_memory(dir: &Path, max_bytes: u64) -> Self {
+        Self::empty(dir, Store::Memory(VecDeque::new()), max_bytes)
+    }
+
+    /// A spool holding nothing yet, in `store`.
+    fn empty(dir: &Path, store: Store, max_bytes: u64) -> Self {
         Self {
             dir: dir.to_path_buf(),
-            store: Store::Memory(VecDeque::new()),
+            store,
             max_bytes,
             entries: VecDeque::new(),
             bytes: 0,
