@@ -7,6 +7,7 @@ use k8s_alog::capture::CaptureError;
 use k8s_alog::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    k8s_alog::tune_allocator();
     let cli = Cli::parse();
     k8s_alog::init_logging(&cli.log_level, matches!(cli.command, Command::Top(_)));
     let res = match &cli.command {

@@ -8,6 +8,7 @@ pub mod drain;
 pub mod event;
 pub mod hooks;
 pub mod tls;
+mod unprobe;
 
 use std::cell::{Cell, RefCell};
 use std::mem::MaybeUninit;
@@ -167,6 +168,23 @@ pub struct Capture {
 /// The environment variable that turns TLS probes off ("0", "off", "false", "no").
 pub const TLS_ENV: &str = "K8S_ALOG_TLS";
 
+/// The environment variable that makes TLS probes one perf-event uprobe each even where
+/// the kernel has `uprobe_multi` links ("0", "off", "false", "no").
+pub const UPROBE_MULTI_ENV: &str = "K8S_ALOG_UPROBE_MULTI";
+
+/// Whether TLS probes are made as `uprobe_multi` links: where the kernel has them (6.6
+/// and later) unless turned off.
+fn uprobe_multi() -> bool {
+    let wanted = match std::env::var(UPROBE_MULTI_ENV) {
+        Ok(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "off" | "false" | "no"
+        ),
+        Err(_) => true,
+    };
+    wanted && unprobe::uprobe_multi_works()
+}
+
 fn tls_enabled() -> bool {
     match std::env::var(TLS_ENV) {
         Ok(v) => !matches!(
@@ -206,6 +224,7 @@ impl Capture {
         }
         bump_memlock();
         let kernel = KernelBtf::open();
+        let multi = tls && uprobe_multi();
         let mut refused = hooks::Refusals::default();
         let mut skipped: Vec<String> = Vec::new();
         // Each round loads the programs of the current plan; a program the kernel refuses
@@ -215,7 +234,7 @@ impl Capture {
         let (skel, mut links, plan) = loop {
             round += 1;
             let plan = hooks::plan(&kernel, cfg.hooks, &refused).map_err(CaptureError::NoHook)?;
-            match load_and_attach(cfg, &kernel, &plan, &skipped) {
+            match load_and_attach(cfg, &kernel, &plan, &skipped, multi) {
                 Ok((skel, links)) => break (skel, links, plan),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Refused {
@@ -277,7 +296,15 @@ impl Capture {
                     "TLS: cannot follow new processes (sched_process_exec: {e}): only TLS code present at start is probed"
                 ),
             }
-            let probes = tls::TlsProbes::start(&skel, &cfg.pids, |n| {
+            tracing::debug!(
+                "TLS probes as {}",
+                if multi {
+                    "uprobe_multi links"
+                } else {
+                    "perf-event uprobes"
+                }
+            );
+            let probes = tls::TlsProbes::start(&skel, &cfg.pids, multi, |n| {
                 if let Some(d) = debug_log.as_mut() {
                     d.attach(&n);
                 }
@@ -579,6 +606,7 @@ fn load_and_attach(
     kernel: &KernelBtf,
     plan: &hooks::Plan,
     skipped: &[String],
+    multi: bool,
 ) -> Result<(AlogSkel<'static>, Vec<Link>), Attempt> {
     let fatal = Attempt::Fatal;
     // The skeleton borrows its object storage for as long as it lives; capture lives
@@ -617,6 +645,10 @@ fn load_and_attach(
     let rung_progs = hooks::all_rung_programs();
     for mut p in open.open_object_mut().progs_mut() {
         let name = p.name().to_string_lossy().into_owned();
+        if multi && p.section().to_string_lossy().starts_with("u") {
+            // The TLS probes (SEC "uprobe"/"uretprobe"), linked many offsets at a time.
+            p.set_attach_type(libbpf_rs::ProgramAttachType::TraceUprobeMulti);
+        }
         if !rung_progs.contains(name.as_str()) {
             continue;
         }

@@ -40,6 +40,7 @@ use libbpf_rs::{ErrorKind, Link, ProgramMut};
 
 use super::event::ExecEvent;
 use super::skel::AlogSkel;
+use super::unprobe::Unprober;
 use crate::tls::procfs::{self, FileId};
 use crate::tls::{self, Flavor, Inspection, Probe, TlsTarget};
 
@@ -77,6 +78,16 @@ pub struct TlsAttachStats {
     /// left to the periodic rescan (every 60 s).
     #[serde(default)]
     pub exec_notes_dropped: u64,
+    /// Probe links (descriptors: one per probe, or one per group of probes of a file
+    /// where the kernel has `uprobe_multi`) of files gone, waiting to be closed now.
+    #[serde(default)]
+    pub links_detaching: u64,
+    /// Probe links closed in all.
+    #[serde(default)]
+    pub links_detached: u64,
+    /// Probe links (descriptors) held now for the probes attached.
+    #[serde(default)]
+    pub links_attached: u64,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +102,11 @@ struct StatCells {
     probes_refused: AtomicU64,
     detached: AtomicU64,
     probes_attached: AtomicU64,
+    links_attached: AtomicU64,
+    /// Links handed to the detaching thread and not closed yet.
+    links_detaching: Arc<AtomicU64>,
+    /// Links closed in all.
+    links_closed: Arc<AtomicU64>,
 }
 
 impl StatCells {
@@ -119,7 +135,10 @@ impl TlsStatsSource {
             probes_refused: c.probes_refused.load(Ordering::Relaxed),
             files_detached: c.detached.load(Ordering::Relaxed),
             probes_attached: c.probes_attached.load(Ordering::Relaxed),
+            links_attached: c.links_attached.load(Ordering::Relaxed),
             exec_notes_dropped: c.exec_queue_full.load(Ordering::Relaxed),
+            links_detaching: c.links_detaching.load(Ordering::Relaxed),
+            links_detached: c.links_closed.load(Ordering::Relaxed),
         }
     }
 }
@@ -578,9 +597,16 @@ pub(crate) struct TlsProbes {
     registry: Registry,
     stats: Arc<StatCells>,
     /// The probes of each file; dropping them detaches them.
-    links: HashMap<FileId, Vec<Link>>,
+    links: HashMap<FileId, FileLinks>,
     /// Probes in `links`.
     attached: usize,
+    /// Links in `links`.
+    links_held: usize,
+    /// One `uprobe_multi` link per group of a function's probes running the same
+    /// program, rather than one perf-event link per probe.
+    multi: bool,
+    /// Closes the links of files gone, off this thread.
+    unprober: Unprober,
     /// Most probes in all: `MAX_PROBES`, or less when the open-file limit is low.
     max_probes: usize,
     exec_tx: Option<SyncSender<ExecNote>>,
@@ -589,6 +615,13 @@ pub(crate) struct TlsProbes {
     exec_full_logged: bool,
     /// A file whose attaching the last stretch left unfinished.
     resume: Option<Job>,
+}
+
+/// A file's probe links and how many probes they hold.
+#[derive(Default)]
+struct FileLinks {
+    links: Vec<Link>,
+    probes: usize,
 }
 
 /// One file being attached, function by function.
@@ -652,15 +685,23 @@ impl TlsProbes {
     pub fn start(
         skel: &AlogSkel<'static>,
         pids: &[u32],
+        multi: bool,
         mut note: impl FnMut(AttachNote<'_>),
     ) -> Self {
         let registry: Registry = Arc::default();
         let stats: Arc<StatCells> = Arc::default();
+        let unprober = Unprober::start(
+            Arc::clone(&stats.links_detaching),
+            Arc::clone(&stats.links_closed),
+        );
         let mut me = Self {
             registry: Arc::clone(&registry),
             stats: Arc::clone(&stats),
             links: HashMap::new(),
             attached: 0,
+            links_held: 0,
+            multi,
+            unprober,
             max_probes: probe_room(),
             exec_tx: None,
             plans_rx: None,
@@ -766,23 +807,31 @@ impl TlsProbes {
         }
     }
 
-    /// Detach a file's probes.
-    fn detach(&mut self, id: FileId) {
-        let Some(links) = self.links.remove(&id) else {
-            return;
-        };
-        self.attached = self.attached.saturating_sub(links.len());
+    fn publish_counts(&self) {
         self.stats
             .probes_attached
             .store(self.attached as u64, Ordering::Relaxed);
+        self.stats
+            .links_attached
+            .store(self.links_held as u64, Ordering::Relaxed);
+    }
+
+    /// Detach a file's probes.
+    fn detach(&mut self, id: FileId) {
+        let Some(FileLinks { links, probes }) = self.links.remove(&id) else {
+            return;
+        };
+        self.attached = self.attached.saturating_sub(probes);
+        self.links_held = self.links_held.saturating_sub(links.len());
+        self.publish_counts();
         self.stats.detached.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
-            "TLS: detached {} probes of a file gone ({}:{})",
+            "TLS: detaching {probes} probes ({} links) of a file gone ({}:{})",
             links.len(),
             id.dev,
             id.ino
         );
-        drop(links);
+        self.unprober.close(links);
     }
 
     /// Attach one file's probes, function by function, within `max_probes` (what it leaves
@@ -802,39 +851,27 @@ impl TlsProbes {
             let f = &job.plan.target.funcs[job.next];
             job.next += 1;
             // Once a bound is met, the rest of the file is refused.
-            if job.refused == 0
-                && self.attached + job.links.len() + f.points.len() > self.max_probes
-            {
+            if job.refused == 0 && self.attached + job.attached + f.points.len() > self.max_probes {
                 job.refused_why = "the probes allowed in all";
             }
             if !job.refused_why.is_empty() {
                 job.refused += f.points.len();
                 continue;
             }
-            let mut group = Vec::with_capacity(f.points.len());
-            let mut err = None;
-            for p in &f.points {
-                let offset = usize::try_from(p.offset).unwrap_or(usize::MAX);
-                match program(skel, p.probe).attach_uprobe(
-                    p.probe.is_retprobe(),
-                    -1,
-                    &attach_path,
-                    offset,
-                ) {
-                    Ok(l) => group.push(l),
-                    Err(e) => {
-                        err = Some(e);
-                        break;
-                    }
-                }
-            }
-            match err {
-                None => {
-                    job.attached += group.len();
+            let mut group = Vec::new();
+            let attached = if self.multi {
+                attach_multi(skel, &attach_path, &f.points, &mut group)
+            } else {
+                attach_each(skel, &attach_path, &f.points, &mut group)
+            };
+            match attached {
+                Ok(()) => {
+                    job.attached += f.points.len();
                     job.links.extend(group);
                 }
-                Some(e) => {
-                    // The group's links drop here: a function is probed whole or not at all.
+                Err(e) => {
+                    // The group's links close here: a function is probed whole or not at all.
+                    self.unprober.close(group);
                     if e.kind() == ErrorKind::NotFound {
                         job.vanished = true;
                     }
@@ -880,11 +917,13 @@ impl TlsProbes {
             self.stats.refused(refused);
         }
         if !links.is_empty() {
-            self.attached += links.len();
-            self.links.entry(plan.id).or_default().extend(links);
-            self.stats
-                .probes_attached
-                .store(self.attached as u64, Ordering::Relaxed);
+            self.attached += attached;
+            let entry = self.links.entry(plan.id).or_default();
+            let before = entry.links.len();
+            entry.links.extend(links);
+            entry.probes += attached;
+            self.links_held += entry.links.len() - before;
+            self.publish_counts();
         }
         let state = if attached == 0 && refused > 0 {
             FileState::Refused
@@ -948,7 +987,63 @@ impl Drop for TlsProbes {
         if let Some(h) = self.worker.take() {
             let _ = h.join();
         }
+        // Every link at once: closes made together share the kernel's grace periods.
+        let mut links = Vec::new();
+        if let Some(job) = self.resume.take() {
+            links.extend(job.links);
+        }
+        for (_, f) in self.links.drain() {
+            links.extend(f.links);
+        }
+        let n = links.len() + self.stats.links_detaching.load(Ordering::Relaxed) as usize;
+        self.unprober.close(links);
+        let took = self.unprober.finish();
+        if n > 0 {
+            tracing::debug!("TLS: {n} probe links detached in {} ms", took.as_millis());
+        }
     }
+}
+
+/// Attach each probe point as its own perf-event uprobe (all kernels).
+fn attach_each(
+    skel: &AlogSkel<'static>,
+    path: &Path,
+    points: &[tls::ProbePoint],
+    out: &mut Vec<Link>,
+) -> Result<(), libbpf_rs::Error> {
+    for p in points {
+        let offset = usize::try_from(p.offset).unwrap_or(usize::MAX);
+        out.push(program(skel, p.probe).attach_uprobe(p.probe.is_retprobe(), -1, path, offset)?);
+    }
+    Ok(())
+}
+
+/// Attach the probe points as one `uprobe_multi` link per program (kernel 6.6 and later).
+fn attach_multi(
+    skel: &AlogSkel<'static>,
+    path: &Path,
+    points: &[tls::ProbePoint],
+    out: &mut Vec<Link>,
+) -> Result<(), libbpf_rs::Error> {
+    let mut done: Vec<Probe> = Vec::new();
+    for p in points {
+        if done.contains(&p.probe) {
+            continue;
+        }
+        done.push(p.probe);
+        let offsets: Vec<usize> = points
+            .iter()
+            .filter(|q| q.probe == p.probe)
+            .map(|q| usize::try_from(q.offset).unwrap_or(usize::MAX))
+            .collect();
+        let opts = libbpf_rs::UprobeMultiOpts {
+            offsets,
+            retprobe: p.probe.is_retprobe(),
+            ..Default::default()
+        };
+        out.push(program(skel, p.probe).attach_uprobe_multi_with_opts(-1, path, "", opts)?);
+    }
+    Ok(())
 }
 
 fn program<'a>(skel: &'a AlogSkel<'static>, p: Probe) -> &'a ProgramMut<'static> {
