@@ -279,7 +279,7 @@ _k8s__alog() {
             return 0
             ;;
         k8s__subcmd__alog__subcmd__push)
-            opts="-h -V --from --duration --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --hooks --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
+            opts="-h -V --from --duration --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --max-parser-memory --hooks --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -314,6 +314,10 @@ _k8s__alog() {
                     return 0
                     ;;
                 --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-parser-memory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -425,7 +429,7 @@ _k8s__alog() {
             return 0
             ;;
         k8s__subcmd__alog__subcmd__record)
-            opts="-o -h -V --out --duration --stats-interval --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --hooks --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
+            opts="-o -h -V --out --duration --stats-interval --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --max-parser-memory --hooks --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -468,6 +472,10 @@ _k8s__alog() {
                     return 0
                     ;;
                 --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-parser-memory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -597,7 +605,7 @@ _k8s__alog() {
             return 0
             ;;
         k8s__subcmd__alog__subcmd__top)
-            opts="-h -V --from --speed --window --tick --queue --log-file --perf --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --hooks --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
+            opts="-h -V --from --speed --window --tick --queue --log-file --perf --capture-bytes --ring-mb --pid --cgroup --port --keep-query --max-connections --max-parser-memory --hooks --host-root --cri-socket --containerd-state --kubelet-pods-dir --kubeconfig --api-server --cluster --node-name --no-k8s --oap --oap-ca --oap-cert --oap-key --oap-token --oap-batch-size --oap-batch-period --oap-spool-dir --oap-spool-max --oap-node-name --oap-cluster --oap-exclude-namespace --oap-backoff-max --oap-flush-timeout --oap-log-interval --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -648,6 +656,10 @@ _k8s__alog() {
                     return 0
                     ;;
                 --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-parser-memory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

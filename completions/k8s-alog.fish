@@ -43,6 +43,7 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l pid -d 'Onl
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l cgroup -d 'Only these cgroup v2 ids (repeatable; the inode number of the cgroup directory)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l port -d 'Only connections with this port at either end (repeatable)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l max-connections -d 'Most connections tracked at once; beyond it the least active are written out and counted' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l max-parser-memory -d 'Most memory, in MiB, the protocol parsers of all connections may hold together; beyond it the parsers holding the most start over (their exchanges in flight are written out incomplete, note memory_budget) and `parsers_shed_memory` counts it' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l hooks -d 'Kernel hooks for socket data: auto (the cheapest this kernel has and accepts, per hook), or one rung for all: tracepoint, fentry, kprobe, syscall' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l host-root -d 'Root of the host\'s filesystem (when running in a container with it mounted)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand record" -l cri-socket -d 'CRI socket of the container runtime (repeatable; default: probe containerd\'s and CRI-O\'s)' -r -F
@@ -86,6 +87,7 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l pid -d 'Only t
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l cgroup -d 'Only these cgroup v2 ids (repeatable; the inode number of the cgroup directory)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l port -d 'Only connections with this port at either end (repeatable)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l max-connections -d 'Most connections tracked at once; beyond it the least active are written out and counted' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l max-parser-memory -d 'Most memory, in MiB, the protocol parsers of all connections may hold together; beyond it the parsers holding the most start over (their exchanges in flight are written out incomplete, note memory_budget) and `parsers_shed_memory` counts it' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l hooks -d 'Kernel hooks for socket data: auto (the cheapest this kernel has and accepts, per hook), or one rung for all: tracepoint, fentry, kprobe, syscall' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l host-root -d 'Root of the host\'s filesystem (when running in a container with it mounted)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand top" -l cri-socket -d 'CRI socket of the container runtime (repeatable; default: probe containerd\'s and CRI-O\'s)' -r -F
@@ -124,6 +126,7 @@ complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l pid -d 'Only 
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l cgroup -d 'Only these cgroup v2 ids (repeatable; the inode number of the cgroup directory)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l port -d 'Only connections with this port at either end (repeatable)' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l max-connections -d 'Most connections tracked at once; beyond it the least active are written out and counted' -r
+complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l max-parser-memory -d 'Most memory, in MiB, the protocol parsers of all connections may hold together; beyond it the parsers holding the most start over (their exchanges in flight are written out incomplete, note memory_budget) and `parsers_shed_memory` counts it' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l hooks -d 'Kernel hooks for socket data: auto (the cheapest this kernel has and accepts, per hook), or one rung for all: tracepoint, fentry, kprobe, syscall' -r
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l host-root -d 'Root of the host\'s filesystem (when running in a container with it mounted)' -r -F
 complete -c k8s-alog -n "__fish_k8s_alog_using_subcommand push" -l cri-socket -d 'CRI socket of the container runtime (repeatable; default: probe containerd\'s and CRI-O\'s)' -r -F

@@ -118,6 +118,13 @@ pub struct CaptureArgs {
     #[arg(long, env = "K8S_ALOG_MAX_CONNECTIONS", default_value_t = 262_144)]
     pub max_connections: usize,
 
+    /// Most memory, in MiB, the protocol parsers of all connections may hold together;
+    /// beyond it the parsers holding the most start over (their exchanges in flight are
+    /// written out incomplete, note memory_budget) and `parsers_shed_memory` counts it.
+    #[arg(long, env = "K8S_ALOG_MAX_PARSER_MEMORY", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_parser_memory: u32,
+
     /// Kernel hooks for socket data: auto (the cheapest this kernel has and accepts, per
     /// hook), or one rung for all: tracepoint, fentry, kprobe, syscall.
     #[arg(long, env = "K8S_ALOG_HOOKS", default_value = "auto",

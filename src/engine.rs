@@ -34,6 +34,11 @@ const MAX_TLS_NOT_VISIBLE: usize = 32;
 /// other end of a local connection closes a moment later.
 const CLOSE_GRACE_NS: u64 = 300_000_000;
 
+/// The parsers' shared budget by default: 128 MiB (a connection's parser holds at most
+/// about 1.1 MiB: HTTP/2 streams 1 MiB plus frame buffers and HPACK tables; HTTP/1 two
+/// heads plus 1 MiB of requests waiting).
+pub const DEFAULT_PARSER_BYTES: usize = 128 << 20;
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -44,6 +49,9 @@ pub struct EngineOptions {
     /// Most connections tracked at once; beyond it the least recently active are
     /// written out as "evicted" and counted.
     pub max_connections: usize,
+    /// Most bytes the protocol parsers of all connections may hold together; beyond it
+    /// the parsers holding the most are started over (counted).
+    pub max_parser_bytes: usize,
     /// Ephemeral port range, to guess roles when nothing else tells.
     pub ephemeral_ports: (u16, u16),
 }
@@ -54,6 +62,7 @@ impl Default for EngineOptions {
             keep_query: false,
             max_header_bytes: 16 * 1024,
             max_connections: 262_144,
+            max_parser_bytes: DEFAULT_PARSER_BYTES,
             ephemeral_ports: (32768, 60999),
         }
     }
@@ -121,6 +130,8 @@ struct Conn {
     nat_via: Option<SocketAddr>,
     data_seen: bool,
     data_lost: bool,
+    /// What its parser held after the last call fed to it (in `Engine::parser_bytes`).
+    mem: usize,
     /// TLS seen on it (plaintext from a TLS library, or TLS records).
     tls: bool,
     /// Plaintext from a TLS library was seen on it.
@@ -160,6 +171,7 @@ impl Conn {
             nat_via: None,
             data_seen: false,
             data_lost: false,
+            mem: 0,
             tls: false,
             tls_plaintext: false,
             closing: None,
@@ -212,6 +224,8 @@ pub struct Engine {
     lost: LossCounters,
     http_closed: Http1Stats,
     h2_closed: H2Stats,
+    /// The sum of `Conn::mem` over `conns` (recounted exactly at every tick).
+    parser_bytes: usize,
     started_mono_ns: u64,
     /// Records produced and not yet taken by the caller.
     pub out: Vec<Record>,
@@ -241,6 +255,7 @@ impl Engine {
             lost: LossCounters::default(),
             http_closed: Http1Stats::default(),
             h2_closed: H2Stats::default(),
+            parser_bytes: 0,
             started_mono_ns: now,
             out: Vec::new(),
             scratch: Vec::new(),
@@ -276,6 +291,8 @@ impl Engine {
         u.http_headers_truncated = s.headers_truncated;
         u.http_unmatched_responses = s.unmatched_responses;
         u.http_abandoned_requests = s.abandoned_requests;
+        u.http_requests_evicted_memory = s.requests_evicted_memory;
+        u.parser_bytes = self.parser_bytes as u64;
         u
     }
 
@@ -425,6 +442,119 @@ impl Engine {
         }
         self.flush_closing(now);
         self.expire_lost_streams(now);
+        self.recount_parser_bytes();
+        self.enforce_parser_budget(now);
+    }
+
+    /// Count what every parser holds (parsers also shrink between calls).
+    fn recount_parser_bytes(&mut self) {
+        let mut total = 0usize;
+        for c in self.conns.values_mut() {
+            c.mem = c.http.as_ref().map_or(0, Parser::buffered_bytes);
+            total = total.saturating_add(c.mem);
+        }
+        self.parser_bytes = total;
+    }
+
+    /// A connection's parser holds `mem` bytes now.
+    fn set_mem(&mut self, c: &mut Conn, mem: usize) {
+        self.parser_bytes = self.parser_bytes.saturating_sub(c.mem).saturating_add(mem);
+        c.mem = mem;
+    }
+
+    /// Over the shared budget: bring the parsers that hold the most down until all hold
+    /// at most three quarters of it (so that parsers held at the budget do not sort on
+    /// every call). First what waits for an answer is written out early (nothing is
+    /// lost, the parsers stay in step); only if that is not enough are parsers started
+    /// over (their partial heads, frames and tables are lost, counted).
+    fn enforce_parser_budget(&mut self, now: u64) {
+        if self.parser_bytes <= self.opts.max_parser_bytes {
+            return;
+        }
+        let goal = self.opts.max_parser_bytes / 4 * 3;
+        for restart in [false, true] {
+            let mut held: Vec<(usize, u64)> = self
+                .conns
+                .values()
+                .filter(|c| c.mem > 0)
+                .map(|c| (c.mem, c.cookie))
+                .collect();
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, cookie) in held {
+                if self.parser_bytes <= goal {
+                    return;
+                }
+                if let Some(mut c) = self.conns.remove(&cookie) {
+                    if restart {
+                        self.restart_parser(&mut c, now);
+                    } else {
+                        self.shed_waiting(&mut c);
+                    }
+                    self.conns.insert(cookie, c);
+                }
+            }
+        }
+    }
+
+    /// Write out early what a connection's parser holds waiting for an answer.
+    fn shed_waiting(&mut self, c: &mut Conn) {
+        let Some(mut h) = c.http.take() else {
+            return;
+        };
+        let mut done = std::mem::take(&mut self.scratch);
+        h.shed(&mut done);
+        let any = !done.is_empty();
+        for x in done.drain(..) {
+            self.emit_http(c, x);
+        }
+        self.scratch = done;
+        let mem = h.buffered_bytes();
+        c.http = Some(h);
+        self.set_mem(c, mem);
+        if any {
+            self.user.parsers_shed_memory += 1;
+        }
+    }
+
+    /// Start a connection's parser over: what it has in flight is written out,
+    /// incomplete, note `memory_budget`; what follows is parsed as if joined mid-stream,
+    /// and the connection is marked as having lost data.
+    fn restart_parser(&mut self, c: &mut Conn, now: u64) {
+        let Some(mut h) = c.http.take() else {
+            return;
+        };
+        let mut done = std::mem::take(&mut self.scratch);
+        h.close(now, &mut done);
+        for mut x in done.drain(..) {
+            x.note("memory_budget");
+            self.emit_http(c, x);
+        }
+        self.scratch = done;
+        if let Some(x) = h.http1_stats() {
+            add_stats(&mut self.http_closed, x);
+        }
+        if let Some(x) = h.http2_stats() {
+            add_h2_stats(&mut self.h2_closed, x);
+        }
+        let role = if c.role == Role::Unknown {
+            h.role()
+        } else {
+            c.role
+        };
+        let mut fresh = if h.is_http2() {
+            Parser::http2(role, false)
+        } else {
+            Parser::http1(role, self.opts.max_header_bytes)
+        };
+        // Bytes were skipped: pairing is only trusted again from a fresh start.
+        fresh.gap(Direction::Egress);
+        fresh.gap(Direction::Ingress);
+        drop(h);
+        c.http = Some(fresh);
+        let mem = c.http.as_ref().map_or(0, Parser::buffered_bytes);
+        self.set_mem(c, mem);
+        c.data_lost = true;
+        self.user.parsers_restarted_memory += 1;
     }
 
     /// HTTP/2 streams that lost frames and went quiet are written out incomplete.
@@ -565,7 +695,13 @@ impl Engine {
             }
             self.scratch = done;
         }
+        let mem = c.http.as_ref().map_or(0, Parser::buffered_bytes);
+        self.set_mem(&mut c, mem);
+        let over = self.parser_bytes > self.opts.max_parser_bytes;
         self.conns.insert(c.cookie, c);
+        if over {
+            self.enforce_parser_budget(ev.ts_ns);
+        }
     }
 
     /// Capture is ending: write out every connection still open.
@@ -932,6 +1068,7 @@ impl Engine {
     /// Close out a connection: flush its parser, write its record (unless its peer's
     /// view is written instead), forget it.
     fn finish(&mut self, mut c: Conn, ev: Option<&ConnEvent>, now: u64, end_reason: &str) {
+        self.set_mem(&mut c, 0);
         if let Some(mut h) = c.http.take() {
             let mut done = std::mem::take(&mut self.scratch);
             h.close(now, &mut done);
@@ -1194,6 +1331,7 @@ fn add_stats(acc: &mut Http1Stats, s: &Http1Stats) {
     acc.unmatched_responses += s.unmatched_responses;
     acc.abandoned_requests += s.abandoned_requests;
     acc.bytes_skipped += s.bytes_skipped;
+    acc.requests_evicted_memory += s.requests_evicted_memory;
 }
 
 /// Split a request target into path and query.
@@ -1442,6 +1580,65 @@ mod tests {
         let evicted = e.loss_counters().evicted_connections;
         assert!(evicted >= 899, "{evicted}");
         assert_eq!(evicted as usize + e.connections_open(), 1000);
+    }
+
+    /// Clients that pipeline requests no one answers make every parser hold up to its own
+    /// bound; together they are held to the shared budget: the parsers holding the most
+    /// start over, their requests are written out (incomplete, `memory_budget`), none is
+    /// lost, and parsing goes on.
+    #[test]
+    fn parsers_are_held_to_one_shared_budget() {
+        let budget = 256 * 1024;
+        let opts = EngineOptions {
+            max_parser_bytes: budget,
+            ..EngineOptions::default()
+        };
+        let mut e = Engine::new(opts, Clock::now(), None, 0);
+        let long = "a".repeat(1000);
+        let mut sent = 0u64;
+        let mut peak = 0;
+        for cookie in 1..=40u64 {
+            e.on_conn(&conn(
+                ConnKind::Connected,
+                cookie,
+                cookie,
+                &format!("127.0.0.1:{}", 40000 + cookie),
+                "127.0.0.2:8080",
+                Role::Client,
+            ));
+            for seq in 0..50u64 {
+                let req = format!("GET /{long}/{seq} HTTP/1.1\r\nHost: x\r\n\r\n");
+                e.on_data(&data(
+                    cookie,
+                    seq,
+                    1000 + seq,
+                    Direction::Egress,
+                    req.as_bytes(),
+                ));
+                sent += 1;
+                peak = peak.max(e.user_counters().parser_bytes);
+            }
+        }
+        let u = e.user_counters();
+        assert!(peak <= budget as u64 + 64 * 1024, "peak {peak}");
+        assert!(u.parsers_shed_memory >= 4, "{u:?}");
+        // Held back without the budget: 40 x 50 requests of about 1.1 KB.
+        e.finish_all(1_000_000);
+        let http: Vec<&HttpRecord> = e
+            .out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Http(h) => Some(h),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(http.len() as u64, sent, "every request written once");
+        let shed = http
+            .iter()
+            .filter(|h| h.notes.iter().any(|n| n == "memory_budget"))
+            .count();
+        assert!(shed >= 100, "{shed} written early");
+        assert_eq!(e.user_counters().parser_bytes, 0);
     }
 
     /// A server whose remote happens to be a local client's address, but the kernel's

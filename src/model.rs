@@ -393,6 +393,25 @@ pub struct UserCounters {
     /// `header_block_too_many_fields`).
     #[serde(default)]
     pub http2_hpack_blocks_overworked: u64,
+    /// HTTP/1 requests waiting for an answer written out early, incomplete (note
+    /// `memory_budget`): the connection's waiting requests held more than 1 MiB, or the
+    /// node's parsers more than their shared budget.
+    #[serde(default)]
+    pub http_requests_evicted_memory: u64,
+    /// Bytes the protocol parsers of all open connections hold now (buffers, tables,
+    /// streams and requests waiting for an answer).
+    #[serde(default)]
+    pub parser_bytes: u64,
+    /// Times a connection's parser gave up what waited for an answer (HTTP/1 requests,
+    /// HTTP/2 streams) to keep all parsers within their shared budget
+    /// (`--max-parser-memory`): written out early, incomplete, note `memory_budget`.
+    #[serde(default)]
+    pub parsers_shed_memory: u64,
+    /// Times a connection's parser was started over for the same budget, once nothing
+    /// waiting was left to give up: its partial heads, frames and header tables were
+    /// dropped and the connection is marked `data_lost`.
+    #[serde(default)]
+    pub parsers_restarted_memory: u64,
 }
 
 /// Losses, by cause.

@@ -77,6 +77,7 @@ pub fn engine_options(a: &CaptureArgs) -> EngineOptions {
     EngineOptions {
         keep_query: a.keep_query,
         max_connections: a.max_connections.max(1),
+        max_parser_bytes: (a.max_parser_memory as usize) << 20,
         ephemeral_ports: ephemeral_ports().unwrap_or((32768, 60999)),
         ..EngineOptions::default()
     }

@@ -11,6 +11,10 @@ use super::{Chunk, Direction, Role};
 
 /// Requests waiting for an answer; beyond this the oldest are given up.
 const MAX_PENDING: usize = 1024;
+/// Bytes the waiting requests may hold (their kept head fields); beyond this the oldest
+/// are given up too (note `memory_budget`), so a pipelining client that is never
+/// answered holds at most this much, not 1024 heads.
+const MAX_PENDING_BYTES: usize = 1 << 20;
 /// Smallest head cap accepted, so that a request line prefix always fits for recognition.
 const MIN_HEADER_CAP: usize = 32;
 /// Longest chunk-size line (size plus extensions) before chunked framing is declared broken.
@@ -70,6 +74,9 @@ pub struct Http1Stats {
     pub abandoned_requests: u64,
     /// Bytes not parsed: while out of sync, and everything after an upgrade or close.
     pub bytes_skipped: u64,
+    /// Waiting requests given up early because the waiting requests of the connection
+    /// held more than `MAX_PENDING_BYTES`.
+    pub requests_evicted_memory: u64,
 }
 
 /// One request and (when seen) the response that answered it.
@@ -256,6 +263,8 @@ struct Entry {
     is_head: bool,
     is_connect: bool,
     req_upgrade: Option<String>,
+    /// What it holds, counted when it was queued.
+    cost: usize,
 }
 
 impl Entry {
@@ -333,6 +342,8 @@ pub struct Http1Conn {
     /// Index 0: Egress, 1: Ingress.
     halves: [Half; 2],
     pending: VecDeque<Entry>,
+    /// The `cost` of the entries in `pending`.
+    pending_bytes: usize,
     next_id: u64,
     stats: Http1Stats,
     is_http: bool,
@@ -358,6 +369,28 @@ fn hi(d: Direction) -> usize {
     }
 }
 
+/// What a waiting request holds: the entry and the head fields it keeps.
+fn entry_cost(e: &Entry) -> usize {
+    let x = &e.ex;
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+    std::mem::size_of::<Entry>()
+        + x.method.capacity()
+        + x.target.capacity()
+        + x.version.capacity()
+        + opt(&x.host)
+        + opt(&x.user_agent)
+        + opt(&x.content_type)
+        + opt(&x.upgrade)
+        + opt(&e.req_upgrade)
+        + x.trace.as_ref().map_or(0, |t| {
+            std::mem::size_of_val(t)
+                + t.trace_id.capacity()
+                + t.segment_id.as_ref().map_or(0, String::capacity)
+                + t.span_id.as_ref().map_or(0, String::capacity)
+                + t.parent_service.as_ref().map_or(0, String::capacity)
+        })
+}
+
 fn other(d: Direction) -> Direction {
     match d {
         Direction::Egress => Direction::Ingress,
@@ -374,6 +407,7 @@ impl Http1Conn {
             max_header_bytes: max_header_bytes.max(MIN_HEADER_CAP),
             halves: [Half::new(), Half::new()],
             pending: VecDeque::new(),
+            pending_bytes: 0,
             next_id: 0,
             stats: Http1Stats::default(),
             is_http: false,
@@ -409,8 +443,15 @@ impl Http1Conn {
         &self.stats
     }
 
-    /// Bytes currently held in the head buffers (at most `max_header_bytes` per direction).
+    /// Bytes held: the head buffers (at most `max_header_bytes` per direction) and the
+    /// requests waiting for an answer (at most `MAX_PENDING_BYTES`).
     pub fn buffered_bytes(&self) -> usize {
+        self.halves.iter().map(|h| h.buf.len()).sum::<usize>() + self.pending_bytes
+    }
+
+    /// Bytes in the head buffers only.
+    #[cfg(test)]
+    fn head_bytes(&self) -> usize {
         self.halves.iter().map(|h| h.buf.len()).sum()
     }
 
@@ -800,6 +841,7 @@ impl Http1Conn {
             is_head: false,
             is_connect: false,
             req_upgrade: head.upgrade,
+            cost: 0,
         };
         entry.is_head = entry.ex.method == "HEAD";
         entry.is_connect = entry.ex.method == "CONNECT";
@@ -1048,16 +1090,40 @@ impl Http1Conn {
         }
     }
 
+    /// Give up the requests waiting for an answer to free memory (the node's parsers are
+    /// over their shared budget): each is written out now, incomplete, note
+    /// `memory_budget`, as the queue cap does; framing stays in step, and the answers
+    /// still to come are paired with the requests they belong to (skipped).
+    pub fn shed(&mut self, out: &mut Vec<Http1Exchange>) {
+        self.emit_ready(out);
+        while let Some(front) = self.pending.front_mut() {
+            if front.awaiting() {
+                self.ghosts += 1;
+            }
+            front.req_done = true;
+            front.resp_done = true;
+            front.mark(End::Incomplete("memory_budget"));
+            self.stats.requests_evicted_memory += 1;
+            self.emit_ready(out);
+        }
+    }
+
     fn entry_mut(&mut self, id: u64) -> Option<&mut Entry> {
         self.pending.iter_mut().find(|e| e.id == id)
     }
 
-    fn push_entry(&mut self, entry: Entry, out: &mut Vec<Http1Exchange>) {
-        if self.pending.len() >= MAX_PENDING {
+    fn push_entry(&mut self, mut entry: Entry, out: &mut Vec<Http1Exchange>) {
+        entry.cost = entry_cost(&entry);
+        let over = |me: &Self| {
+            me.pending.len() >= MAX_PENDING
+                || me.pending_bytes.saturating_add(entry.cost) > MAX_PENDING_BYTES
+        };
+        if over(self) {
             // Keep output in request order before forcing the oldest out.
             self.emit_ready(out);
         }
-        while self.pending.len() >= MAX_PENDING {
+        while over(self) {
+            let by_count = self.pending.len() >= MAX_PENDING;
             let Some(front) = self.pending.front_mut() else {
                 break;
             };
@@ -1066,9 +1132,15 @@ impl Http1Conn {
             }
             front.req_done = true;
             front.resp_done = true;
-            front.mark(End::Incomplete("queue_overflow"));
+            if by_count {
+                front.mark(End::Incomplete("queue_overflow"));
+            } else {
+                front.mark(End::Incomplete("memory_budget"));
+                self.stats.requests_evicted_memory += 1;
+            }
             self.emit_ready(out);
         }
+        self.pending_bytes += entry.cost;
         self.pending.push_back(entry);
     }
 
@@ -1132,6 +1204,7 @@ impl Http1Conn {
             let Some(e) = self.pending.pop_front() else {
                 break;
             };
+            self.pending_bytes = self.pending_bytes.saturating_sub(e.cost);
             let mut ex = e.ex;
             if ex.status.is_none() {
                 self.stats.abandoned_requests += 1;
@@ -2078,6 +2151,47 @@ mod tests {
         assert_eq!(t.out.len(), 1);
     }
 
+    /// Pipelined requests never answered hold at most `MAX_PENDING_BYTES`: past it the
+    /// oldest are written out early (`memory_budget`), counted.
+    #[test]
+    fn waiting_requests_are_held_to_their_byte_budget() {
+        let mut t = T::with_cap(Role::Client, 16 * 1024);
+        let long = "p".repeat(4000);
+        for k in 0..2000 {
+            t.send(E, &get(&format!("/{long}/{k}")));
+            assert!(t.c.buffered_bytes() <= MAX_PENDING_BYTES + 2 * 16 * 1024);
+        }
+        let early = t.c.stats().requests_evicted_memory;
+        assert!(early >= 1700, "{early}");
+        assert_eq!(t.out.len() as u64, early);
+        assert!(t.out.iter().all(|x| x.notes.contains(&"memory_budget")));
+        t.close();
+        assert_eq!(t.out.len(), 2000);
+    }
+
+    /// Shedding writes the waiting requests out and keeps pairing right: the answers
+    /// to the shed requests are skipped, the next request gets its own answer.
+    #[test]
+    fn shed_requests_keep_pairing_in_step() {
+        let mut t = T::new(Role::Client);
+        t.send(E, &get("/a"));
+        t.send(E, &get("/b"));
+        let mut out = Vec::new();
+        t.c.shed(&mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out
+            .iter()
+            .all(|x| x.status.is_none() && !x.complete && x.notes.contains(&"memory_budget")));
+        assert_eq!(t.c.buffered_bytes(), 0);
+        t.send(I, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na");
+        t.send(I, b"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nb");
+        t.send(E, &get("/c"));
+        t.send(I, b"HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nc");
+        let ex = only(&t);
+        assert_eq!((ex.target.as_str(), ex.status), ("/c", Some(404)));
+        assert!(ex.complete);
+    }
+
     #[test]
     fn close_in_the_middle_of_a_body() {
         let mut t = T::new(Role::Client);
@@ -2223,9 +2337,9 @@ mod tests {
         );
         // Split so buffering is exercised across calls.
         t.send(E, &req.as_bytes()[..100]);
-        assert!(t.c.buffered_bytes() <= 128);
+        assert!(t.c.head_bytes() <= 128);
         t.send(E, &req.as_bytes()[100..]);
-        assert!(t.c.buffered_bytes() <= 128);
+        assert!(t.c.head_bytes() <= 128);
         t.send(I, &ok("done"));
         t.send(E, &get("/next"));
         t.send(I, &ok("n"));
@@ -2281,7 +2395,7 @@ mod tests {
             "b".repeat(6000)
         );
         t.send_captured(E, req.as_bytes(), 4096);
-        assert_eq!(t.c.buffered_bytes(), 0);
+        assert_eq!(t.c.head_bytes(), 0);
         t.send(I, &ok("ok"));
         let ex = only(&t);
         assert_eq!(ex.target, "/cap");
@@ -2534,7 +2648,11 @@ mod tests {
                 if rng.below(15) == 0 {
                     c.gap(if rng.below(2) == 0 { E } else { I });
                 }
-                assert!(c.buffered_bytes() <= 2 * cap, "round {round}");
+                assert!(c.head_bytes() <= 2 * cap, "round {round}");
+                assert!(
+                    c.buffered_bytes() <= 2 * cap + MAX_PENDING_BYTES,
+                    "round {round}"
+                );
                 assert!(c.pending_requests() <= MAX_PENDING);
             }
             c.close(ts + 1, &mut out);
@@ -2567,7 +2685,7 @@ mod tests {
                     data: &data,
                 };
                 c.feed(&chunk, &mut out);
-                assert!(c.buffered_bytes() <= 2 * (32 + round * 10));
+                assert!(c.head_bytes() <= 2 * (32 + round * 10));
             }
             c.close(1, &mut out);
         }

@@ -405,6 +405,21 @@ impl H2Conn {
         super::hand_out(&mut self.ready, out);
     }
 
+    /// Give up every open stream to free memory (the node's parsers are over their shared
+    /// budget): each is reported now, incomplete, note `memory_budget`. Frames and HPACK
+    /// state stay in step; later frames of those streams are ignored.
+    pub fn shed(&mut self, out: &mut Vec<H2Exchange>) {
+        let mut ids: Vec<u32> = self.streams.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(st) = self.streams.remove(&id) {
+                self.stats.streams_evicted_memory += 1;
+                self.emit(st, false, Some("memory_budget"));
+            }
+        }
+        super::hand_out(&mut self.ready, out);
+    }
+
     fn feed_chunk(&mut self, d: Direction, data: &[u8], total: u64, ns: u64) {
         let i = di(d);
         let mut uncaptured = total - data.len() as u64;
@@ -4048,6 +4063,31 @@ mod tests {
     /// Streams that never end, each asking to keep 32 KB of header values from 17 bytes
     /// of indexes, are held to the connection's budget: the stalest are reported early,
     /// marked and counted, and `buffered_bytes` counts what is kept.
+    #[test]
+    fn shed_reports_open_streams_and_keeps_the_tables() {
+        let l = H2Limits::default();
+        let mut t = hostile_open(l);
+        for k in 1..20u32 {
+            t.send(E, &indexed_request(2 * k + 1));
+        }
+        let before = t.out.len();
+        let held = t.c.buffered_bytes();
+        let mut out = Vec::new();
+        t.c.shed(&mut out);
+        assert!(t.out.len() == before && out.len() >= 19, "{}", out.len());
+        assert!(out
+            .iter()
+            .all(|x| !x.complete && x.notes.contains(&"memory_budget")));
+        assert_eq!(t.c.stats().streams_evicted_memory, out.len() as u64);
+        // Only the header tables (and frame buffers) are left; they still decode.
+        assert_eq!(t.c.buffered_bytes(), held_tables(&t.c));
+        assert!(t.c.buffered_bytes() < held);
+        t.send(E, &indexed_request(101));
+        t.close();
+        let last = t.out.last().expect("the stream after the shed is reported");
+        assert_eq!(last.path.as_ref().map(String::len), Some(4000));
+    }
+
     #[test]
     fn idle_streams_are_held_to_the_memory_budget() {
         let l = H2Limits::default();

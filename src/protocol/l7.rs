@@ -50,6 +50,19 @@ pub enum Exchange {
     Http2(H2Exchange),
 }
 
+impl Exchange {
+    /// Add a note, once.
+    pub fn note(&mut self, note: &'static str) {
+        let notes = match self {
+            Exchange::Http1(x) => &mut x.notes,
+            Exchange::Http2(x) => &mut x.notes,
+        };
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+}
+
 enum Inner {
     H1(Box<Http1Conn>),
     H2(Box<H2Conn>),
@@ -200,6 +213,21 @@ impl Parser {
             }
             Inner::H2(h) => {
                 h.close(ts_ns, &mut self.scratch2);
+                self.take_h2(out);
+            }
+        }
+    }
+
+    /// Give up what waits for an answer (HTTP/1 requests, HTTP/2 streams) to free memory:
+    /// reported now, incomplete, note `memory_budget`; the parser stays in step.
+    pub fn shed(&mut self, out: &mut Vec<Exchange>) {
+        match &mut self.inner {
+            Inner::H1(h) => {
+                h.shed(&mut self.scratch1);
+                self.take_h1(out);
+            }
+            Inner::H2(h) => {
+                h.shed(&mut self.scratch2);
                 self.take_h2(out);
             }
         }
