@@ -34,6 +34,11 @@ const MAX_TLS_NOT_VISIBLE: usize = 32;
 /// other end of a local connection closes a moment later.
 const CLOSE_GRACE_NS: u64 = 300_000_000;
 
+/// A client's socket whose server end may be a socket on this node that has not been
+/// used yet (an accepted socket is announced at its first use) is not made to write its
+/// exchanges early for this long after it opened: they would be written by both ends.
+const LINK_WAIT_NS: u64 = 1_000_000_000;
+
 /// The parsers' shared budget by default: 128 MiB (a connection's parser holds at most
 /// about 1.1 MiB: HTTP/2 streams 1 MiB plus frame buffers and HPACK tables; HTTP/1 two
 /// heads plus 1 MiB of requests waiting).
@@ -476,7 +481,7 @@ impl Engine {
             let mut held: Vec<(usize, u64)> = self
                 .conns
                 .values()
-                .filter(|c| c.mem > 0)
+                .filter(|c| c.mem > 0 && !self.may_be_linked_yet(c, now))
                 .map(|c| (c.mem, c.cookie))
                 .collect();
             held.sort_unstable_by(|a, b| b.cmp(a));
@@ -494,6 +499,12 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A client's view that may still be linked to a server's view on this node: its
+    /// exchanges must not be written yet (the server's view writes them once linked).
+    fn may_be_linked_yet(&self, c: &Conn, now: u64) -> bool {
+        c.peer.is_none() && c.role != Role::Server && now.saturating_sub(c.open_ns) < LINK_WAIT_NS
     }
 
     /// Write out early what a connection's parser holds waiting for an answer.
@@ -1608,13 +1619,9 @@ mod tests {
             ));
             for seq in 0..50u64 {
                 let req = format!("GET /{long}/{seq} HTTP/1.1\r\nHost: x\r\n\r\n");
-                e.on_data(&data(
-                    cookie,
-                    seq,
-                    1000 + seq,
-                    Direction::Egress,
-                    req.as_bytes(),
-                ));
+                // Past the wait for a server's view on this node to be linked.
+                let ts = LINK_WAIT_NS + 1000 + seq;
+                e.on_data(&data(cookie, seq, ts, Direction::Egress, req.as_bytes()));
                 sent += 1;
                 peak = peak.max(e.user_counters().parser_bytes);
             }
@@ -1622,8 +1629,35 @@ mod tests {
         let u = e.user_counters();
         assert!(peak <= budget as u64 + 64 * 1024, "peak {peak}");
         assert!(u.parsers_shed_memory >= 4, "{u:?}");
+        // A client's view younger than the wait, with no server's view linked yet, is
+        // not made to write early: the server's view may still come and write it.
+        let mut young = Engine::new(
+            EngineOptions {
+                max_parser_bytes: 16 * 1024,
+                ..EngineOptions::default()
+            },
+            Clock::now(),
+            None,
+            0,
+        );
+        young.on_conn(&conn(
+            ConnKind::Connected,
+            1,
+            1,
+            "127.0.0.1:40001",
+            "127.0.0.2:8080",
+            Role::Client,
+        ));
+        for seq in 0..50u64 {
+            let req = format!("GET /{long}/{seq} HTTP/1.1\r\nHost: x\r\n\r\n");
+            young.on_data(&data(1, seq, 1000 + seq, Direction::Egress, req.as_bytes()));
+        }
+        assert_eq!(young.user_counters().parsers_shed_memory, 0);
+        young.tick(LINK_WAIT_NS + 10);
+        assert_eq!(young.user_counters().parsers_shed_memory, 1);
+        assert!(young.user_counters().parser_bytes <= 16 * 1024);
         // Held back without the budget: 40 x 50 requests of about 1.1 KB.
-        e.finish_all(1_000_000);
+        e.finish_all(LINK_WAIT_NS + 1_000_000);
         let http: Vec<&HttpRecord> = e
             .out
             .iter()

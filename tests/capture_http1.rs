@@ -1239,7 +1239,18 @@ for c in conns:
             format!("{path}: a status {}", r["status"])
         });
         if !seen.insert(path.clone()) {
-            p.0.push(format!("{path} written twice"));
+            let tail: String = path
+                .chars()
+                .rev()
+                .take(12)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect();
+            p.0.push(format!(
+                "...{tail} written twice: observed_by {} notes {} client {}",
+                r["observed_by"], r["notes"], r["client"]["port"]
+            ));
         }
     }
     let stats = out.stats();
@@ -1267,6 +1278,15 @@ for c in conns:
     p.check(peak <= 4 * 1024 * 1024 + 256 * 1024, || {
         format!("parsers held {peak} bytes, over the 4 MiB budget")
     });
-    p.finish(|| format!("{} http records", http.len()));
+    p.finish(|| {
+        let f = out.final_stats();
+        format!(
+            "{} http records; lost {}; kernel {}; user {}",
+            http.len(),
+            f["lost"],
+            f["kernel"],
+            f["user"]
+        )
+    });
     out.assert_nothing_lost();
 }
