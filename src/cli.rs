@@ -121,7 +121,8 @@ pub struct CaptureArgs {
     /// Most memory, in MiB, the protocol parsers of all connections may hold together;
     /// beyond it the parsers holding the most start over (their exchanges in flight are
     /// written out incomplete, note memory_budget) and `parsers_shed_memory` counts it.
-    #[arg(long, env = "K8S_ALOG_MAX_PARSER_MEMORY", default_value_t = 128,
+    #[arg(long, env = "K8S_ALOG_MAX_PARSER_MEMORY",
+          default_value_t = (crate::engine::DEFAULT_PARSER_BYTES >> 20) as u32,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_parser_memory: u32,
 

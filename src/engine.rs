@@ -55,7 +55,8 @@ pub struct EngineOptions {
     /// written out as "evicted" and counted.
     pub max_connections: usize,
     /// Most bytes the protocol parsers of all connections may hold together; beyond it
-    /// the parsers holding the most are started over (counted).
+    /// the parsers holding the most write out what waits for an answer, and are started
+    /// over only if that is not enough (both counted).
     pub max_parser_bytes: usize,
     /// Ephemeral port range, to guess roles when nothing else tells.
     pub ephemeral_ports: (u16, u16),
@@ -527,17 +528,19 @@ impl Engine {
         }
     }
 
-    /// Start a connection's parser over: what it has in flight is written out,
-    /// incomplete, note `memory_budget`; what follows is parsed as if joined mid-stream,
-    /// and the connection is marked as having lost data.
-    fn restart_parser(&mut self, c: &mut Conn, now: u64) {
-        let Some(mut h) = c.http.take() else {
-            return;
-        };
+    /// Close a connection's parser (taken out of it): what it has in flight is written
+    /// out (with `note`, if any), the role it learnt is kept, its counters are kept.
+    fn close_parser(&mut self, c: &mut Conn, h: &mut Parser, now: u64, note: Option<&'static str>) {
         let mut done = std::mem::take(&mut self.scratch);
         h.close(now, &mut done);
+        if c.role == Role::Unknown && h.role() != Role::Unknown {
+            c.role = h.role();
+            c.role_source = RoleSource::Payload;
+        }
         for mut x in done.drain(..) {
-            x.note("memory_budget");
+            if let Some(n) = note {
+                x.note(n);
+            }
             self.emit_http(c, x);
         }
         self.scratch = done;
@@ -547,20 +550,24 @@ impl Engine {
         if let Some(x) = h.http2_stats() {
             add_h2_stats(&mut self.h2_closed, x);
         }
-        let role = if c.role == Role::Unknown {
-            h.role()
-        } else {
-            c.role
+    }
+
+    /// Start a connection's parser over: what it has in flight is written out,
+    /// incomplete, note `memory_budget`; what follows is parsed as if joined mid-stream,
+    /// and the connection is marked as having lost data.
+    fn restart_parser(&mut self, c: &mut Conn, now: u64) {
+        let Some(mut h) = c.http.take() else {
+            return;
         };
+        self.close_parser(c, &mut h, now, Some("memory_budget"));
         let mut fresh = if h.is_http2() {
-            Parser::http2(role, false)
+            Parser::http2(c.role, false)
         } else {
-            Parser::http1(role, self.opts.max_header_bytes)
+            Parser::http1(c.role, self.opts.max_header_bytes)
         };
         // Bytes were skipped: pairing is only trusted again from a fresh start.
         fresh.gap(Direction::Egress);
         fresh.gap(Direction::Ingress);
-        drop(h);
         c.http = Some(fresh);
         let mem = c.http.as_ref().map_or(0, Parser::buffered_bytes);
         self.set_mem(c, mem);
@@ -1081,22 +1088,7 @@ impl Engine {
     fn finish(&mut self, mut c: Conn, ev: Option<&ConnEvent>, now: u64, end_reason: &str) {
         self.set_mem(&mut c, 0);
         if let Some(mut h) = c.http.take() {
-            let mut done = std::mem::take(&mut self.scratch);
-            h.close(now, &mut done);
-            if c.role == Role::Unknown && h.role() != Role::Unknown {
-                c.role = h.role();
-                c.role_source = RoleSource::Payload;
-            }
-            for x in done.drain(..) {
-                self.emit_http(&mut c, x);
-            }
-            self.scratch = done;
-            if let Some(x) = h.http1_stats() {
-                add_stats(&mut self.http_closed, x);
-            }
-            if let Some(x) = h.http2_stats() {
-                add_h2_stats(&mut self.h2_closed, x);
-            }
+            self.close_parser(&mut c, &mut h, now, None);
             c.http = Some(h);
         }
         if let (Some(l), Some(r)) = (c.local, c.remote) {

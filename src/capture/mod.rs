@@ -175,18 +175,16 @@ pub const UPROBE_MULTI_ENV: &str = "K8S_ALOG_UPROBE_MULTI";
 /// Whether TLS probes are made as `uprobe_multi` links: where the kernel has them (6.6
 /// and later) unless turned off.
 fn uprobe_multi() -> bool {
-    let wanted = match std::env::var(UPROBE_MULTI_ENV) {
-        Ok(v) => !matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "0" | "off" | "false" | "no"
-        ),
-        Err(_) => true,
-    };
-    wanted && unprobe::uprobe_multi_works()
+    switched_on(UPROBE_MULTI_ENV) && unprobe::uprobe_multi_works()
 }
 
 fn tls_enabled() -> bool {
-    match std::env::var(TLS_ENV) {
+    switched_on(TLS_ENV)
+}
+
+/// An on/off environment variable: on unless set to "0", "off", "false" or "no".
+fn switched_on(var: &str) -> bool {
+    match std::env::var(var) {
         Ok(v) => !matches!(
             v.trim().to_ascii_lowercase().as_str(),
             "0" | "off" | "false" | "no"

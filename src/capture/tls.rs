@@ -918,11 +918,10 @@ impl TlsProbes {
         }
         if !links.is_empty() {
             self.attached += attached;
+            self.links_held += links.len();
             let entry = self.links.entry(plan.id).or_default();
-            let before = entry.links.len();
             entry.links.extend(links);
             entry.probes += attached;
-            self.links_held += entry.links.len() - before;
             self.publish_counts();
         }
         let state = if attached == 0 && refused > 0 {

@@ -165,22 +165,22 @@ fn close_all(links: Vec<Link>, helpers: usize, waiting: &AtomicU64, closed: &Ato
 /// that attach type is loaded and linked to `/`, which such a kernel refuses with EBADF
 /// (not a regular file) and an older one with EINVAL (or refuses the program).
 pub(crate) fn uprobe_multi_works() -> bool {
-    // r0 = 0; exit
-    let insns: [u64; 2] = [0xb7, 0x95];
-    let mut opts = libbpf_rs::libbpf_sys::bpf_prog_load_opts {
-        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_prog_load_opts>() as _,
-        expected_attach_type: libbpf_rs::libbpf_sys::BPF_TRACE_UPROBE_MULTI,
-        ..Default::default()
-    };
-    // SAFETY: the instructions are two valid 8-byte bpf_insn records (same layout as
-    // u64 on this little- or big-endian host: code is the low byte only on little-endian,
-    // checked below); the strings are NUL-terminated and the options sized.
+    use libbpf_rs::libbpf_sys as sys;
+    // r0 = 0; exit, as two 8-byte bpf_insn records whose opcode is the low byte: the
+    // byte order of a little-endian host.
     if cfg!(target_endian = "big") {
         return false;
     }
+    let insns: [u64; 2] = [0xb7, 0x95];
+    let mut opts = sys::bpf_prog_load_opts {
+        sz: std::mem::size_of::<sys::bpf_prog_load_opts>() as _,
+        expected_attach_type: sys::BPF_TRACE_UPROBE_MULTI,
+        ..Default::default()
+    };
+    // SAFETY: two valid instructions, a NUL-terminated licence, sized options.
     let prog = unsafe {
-        libbpf_rs::libbpf_sys::bpf_prog_load(
-            libbpf_rs::libbpf_sys::BPF_PROG_TYPE_KPROBE,
+        sys::bpf_prog_load(
+            sys::BPF_PROG_TYPE_KPROBE,
             std::ptr::null(),
             c"GPL".as_ptr(),
             insns.as_ptr().cast(),
@@ -192,26 +192,19 @@ pub(crate) fn uprobe_multi_works() -> bool {
         return false;
     }
     let offset: libc::c_ulong = 0;
-    let mut link_opts = libbpf_rs::libbpf_sys::bpf_link_create_opts {
-        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_link_create_opts>() as _,
+    let mut link_opts = sys::bpf_link_create_opts {
+        sz: std::mem::size_of::<sys::bpf_link_create_opts>() as _,
         ..Default::default()
     };
     link_opts.__bindgen_anon_1.uprobe_multi =
-        libbpf_rs::libbpf_sys::bpf_link_create_opts__bindgen_ty_1__bindgen_ty_3 {
+        sys::bpf_link_create_opts__bindgen_ty_1__bindgen_ty_3 {
             path: c"/".as_ptr(),
             offsets: &offset,
             cnt: 1,
             ..Default::default()
         };
     // SAFETY: prog is a descriptor we own; the options point at live locals.
-    let link = unsafe {
-        libbpf_rs::libbpf_sys::bpf_link_create(
-            prog,
-            0,
-            libbpf_rs::libbpf_sys::BPF_TRACE_UPROBE_MULTI,
-            &link_opts,
-        )
-    };
+    let link = unsafe { sys::bpf_link_create(prog, 0, sys::BPF_TRACE_UPROBE_MULTI, &link_opts) };
     let err = std::io::Error::last_os_error().raw_os_error();
     // SAFETY: closing descriptors we own.
     unsafe {
