@@ -1204,9 +1204,16 @@ while True:
 import socket, sys, time
 port = int(sys.argv[1]); target = "/" + "t" * 300
 conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]
-for k in range(600):
+def send(k):
     for i, c in enumerate(conns):
         c.sendall(f"GET {target}/{i}/{k} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+# One request each, then time for the server to have read from every socket (an
+# accepted socket is announced at its first read): the two ends are linked before
+# the flood, however slowly the server's threads start on a busy machine.
+send(0)
+time.sleep(1.5)
+for k in range(1, 600):
+    send(k)
 time.sleep(1.5)
 for c in conns:
     c.close()
