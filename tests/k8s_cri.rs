@@ -1713,6 +1713,23 @@ fn daemonset_pod_runs_through_cri_and_delivers() {
     wait_delivered(&streams, &ports2, Duration::from_secs(90));
     check(&ports2);
 
+    // What the pod's memory cgroup (limit from the manifest) saw, BPF maps included.
+    for (file, what) in [
+        ("memory.max_usage_in_bytes", "peak"),
+        ("memory.limit_in_bytes", "limit"),
+    ] {
+        let p = Path::new("/sys/fs/cgroup/memory")
+            .join(&pod.pod_cgroup)
+            .join(&ds_ctr)
+            .join(file);
+        if let Ok(v) = std::fs::read_to_string(&p) {
+            let v: u64 = v.trim().parse().unwrap_or(0);
+            eprintln!(
+                "memory cgroup of the pod's container: {what} {} MiB",
+                v >> 20
+            );
+        }
+    }
     // Stopped as a kubelet stops it: SIGTERM, the grace period.
     let (stop_took, exit_code) = rig.stop_container(&ds_ctr, pod.grace_seconds);
     let lines = cri_log_lines(log);
