@@ -91,7 +91,7 @@ CAP_BPF and CAP_PERFMON); 4 kernel without BTF; 5 kernel refused a BPF program."
 pub struct CaptureArgs {
     /// Payload bytes copied per socket call for protocol parsing (max 8192).
     #[arg(long, env = "K8S_ALOG_CAPTURE_BYTES", default_value_t = 4096,
-          value_parser = clap::value_parser!(u32).range(0..=8192))]
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::capture::MAX_CAPTURE)))]
     pub capture_bytes: u32,
 
     /// Ring-buffer size in MiB (a power of two).
@@ -416,4 +416,45 @@ pub struct GenerateArgs {
 pub struct ResolveArgs {
     /// host:port to resolve.
     pub host_port: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The capture size flag's bound and its help text follow the one constant.
+    #[test]
+    fn capture_size_bound_is_the_kernel_one() {
+        use crate::capture::MAX_CAPTURE;
+        use clap::CommandFactory;
+        assert_eq!(MAX_CAPTURE, 8192);
+        let cmd = Cli::command();
+        let record = cmd.find_subcommand("record").expect("record");
+        let arg = record
+            .get_arguments()
+            .find(|a| a.get_id() == "capture_bytes")
+            .expect("--capture-bytes");
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        assert!(help.contains(&MAX_CAPTURE.to_string()), "{help}");
+        assert!(record
+            .clone()
+            .try_get_matches_from([
+                "record",
+                "--out",
+                "-",
+                "--capture-bytes",
+                &(MAX_CAPTURE + 1).to_string()
+            ])
+            .is_err());
+        assert!(record
+            .clone()
+            .try_get_matches_from([
+                "record",
+                "--out",
+                "-",
+                "--capture-bytes",
+                &MAX_CAPTURE.to_string()
+            ])
+            .is_ok());
+    }
 }

@@ -71,6 +71,7 @@ enum alog_dir _alog_dir = 0;
 enum alog_syscall _alog_syscall = 0;
 enum alog_counter _alog_counter = 0;
 enum alog_data_flags _alog_data_flags = 0;
+enum alog_limits _alog_limits = 0;
 struct alog_exec_event _alog_exec_event = {};
 
 struct {

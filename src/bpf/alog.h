@@ -8,10 +8,14 @@
 #ifndef ALOG_H
 #define ALOG_H
 
-/* Largest payload prefix a single data event can carry (power of two). */
-#define ALOG_MAX_CAPTURE 8192
-/* iovec segments walked per call when copying a payload prefix. */
-#define ALOG_MAX_IOV 16
+/* Limits shared with user space (an enum, not macros, so that the skeleton carries
+ * them to Rust). */
+enum alog_limits {
+	/* Largest payload prefix a single data event can carry (power of two). */
+	ALOG_MAX_CAPTURE = 8192,
+	/* iovec segments walked per call when copying a payload prefix. */
+	ALOG_MAX_IOV = 16,
+};
 
 enum alog_event_kind {
 	ALOG_EV_DATA = 1,

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::comm_str;
 use super::event::{ConnKind, Event, ExecEvent};
 use super::tls::AttachNote;
-use crate::protocol::{Direction, Role};
+use crate::flow::{Direction, Role};
 
 /// The environment variable that names the debug file.
 pub const ENV: &str = "K8S_ALOG_DEBUG_EVENTS";

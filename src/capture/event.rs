@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::skel::types;
-use crate::protocol::{Direction, Role};
+use crate::flow::{Direction, Role};
 
 /// A socket call that moved bytes.
 #[derive(Debug, Clone)]

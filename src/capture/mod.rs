@@ -39,8 +39,8 @@ pub mod skel {
 
 use skel::{types, AlogSkel, AlogSkelBuilder};
 
-/// Largest payload prefix one event can carry (ALOG_MAX_CAPTURE in alog.h).
-pub const MAX_CAPTURE: u32 = 8192;
+/// Largest payload prefix one event can carry (`ALOG_MAX_CAPTURE` in alog.h).
+pub const MAX_CAPTURE: u32 = types::alog_limits::ALOG_MAX_CAPTURE.0;
 
 /// What to capture and how much room to give it.
 #[derive(Debug, Clone)]
@@ -109,36 +109,6 @@ impl CaptureError {
 fn is_privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Counters kept by the BPF programs, summed over CPUs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct KernelCounters {
-    pub data_events: u64,
-    pub conn_events: u64,
-    pub drop_data_ringbuf: u64,
-    pub drop_conn_ringbuf: u64,
-    pub storage_fail: u64,
-    pub filtered: u64,
-    pub payload_skipped: u64,
-    pub read_fault: u64,
-    pub self_calls: u64,
-    pub wakeups: u64,
-    /// TLS plaintext events written (also counted in `data_events`).
-    pub tls_plaintext: u64,
-    /// TLS plaintext whose socket could not be found: counted, event dropped.
-    pub tls_unattributed: u64,
-    /// Exec notifications lost (ring buffer full): a new binary's TLS code may go unprobed.
-    #[serde(default)]
-    pub drop_exec_ringbuf: u64,
-    /// Reads after a socket closed whose state was no longer held: not recorded.
-    #[serde(default)]
-    pub late_untracked: u64,
-    /// Drains of the ring buffer that stopped at their bound with records still waiting:
-    /// the event thread was saturated (ticks, stats and stop went on regardless). Kept in
-    /// user space, reported beside the kernel's counters.
-    #[serde(default)]
-    pub ring_drains_bounded: u64,
 }
 
 /// Receives everything capture produces, on the polling thread.
@@ -461,6 +431,31 @@ fn wait_readable(epfd: i32, ms: i32) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+/// Every slot of `enum alog_counter` (alog.h) and the field of `KernelCounters` it fills
+/// (a unit test checks that none is left out).
+/// The field of `KernelCounters` one counter slot fills.
+type CounterField = fn(&mut KernelCounters) -> &mut u64;
+
+const COUNTERS: &[(types::alog_counter, CounterField)] = {
+    use types::alog_counter as C;
+    &[
+        (C::ALOG_CNT_DATA_EVENTS, |k| &mut k.data_events),
+        (C::ALOG_CNT_CONN_EVENTS, |k| &mut k.conn_events),
+        (C::ALOG_CNT_DROP_DATA, |k| &mut k.drop_data_ringbuf),
+        (C::ALOG_CNT_DROP_CONN, |k| &mut k.drop_conn_ringbuf),
+        (C::ALOG_CNT_STORAGE_FAIL, |k| &mut k.storage_fail),
+        (C::ALOG_CNT_FILTERED, |k| &mut k.filtered),
+        (C::ALOG_CNT_PAYLOAD_SKIPPED, |k| &mut k.payload_skipped),
+        (C::ALOG_CNT_READ_FAULT, |k| &mut k.read_fault),
+        (C::ALOG_CNT_SELF, |k| &mut k.self_calls),
+        (C::ALOG_CNT_WAKEUPS, |k| &mut k.wakeups),
+        (C::ALOG_CNT_TLS_PLAINTEXT, |k| &mut k.tls_plaintext),
+        (C::ALOG_CNT_TLS_UNATTRIBUTED, |k| &mut k.tls_unattributed),
+        (C::ALOG_CNT_DROP_EXEC, |k| &mut k.drop_exec_ringbuf),
+        (C::ALOG_CNT_LATE_UNTRACKED, |k| &mut k.late_untracked),
+    ]
+};
+
 fn read_counters(skel: &AlogSkel<'_>) -> KernelCounters {
     let get = |idx: types::alog_counter| -> u64 {
         let key = idx.0.to_ne_bytes();
@@ -477,24 +472,12 @@ fn read_counters(skel: &AlogSkel<'_>) -> KernelCounters {
             _ => 0,
         }
     };
-    use types::alog_counter as C;
-    KernelCounters {
-        data_events: get(C::ALOG_CNT_DATA_EVENTS),
-        conn_events: get(C::ALOG_CNT_CONN_EVENTS),
-        drop_data_ringbuf: get(C::ALOG_CNT_DROP_DATA),
-        drop_conn_ringbuf: get(C::ALOG_CNT_DROP_CONN),
-        storage_fail: get(C::ALOG_CNT_STORAGE_FAIL),
-        filtered: get(C::ALOG_CNT_FILTERED),
-        payload_skipped: get(C::ALOG_CNT_PAYLOAD_SKIPPED),
-        read_fault: get(C::ALOG_CNT_READ_FAULT),
-        self_calls: get(C::ALOG_CNT_SELF),
-        wakeups: get(C::ALOG_CNT_WAKEUPS),
-        tls_plaintext: get(C::ALOG_CNT_TLS_PLAINTEXT),
-        tls_unattributed: get(C::ALOG_CNT_TLS_UNATTRIBUTED),
-        drop_exec_ringbuf: get(C::ALOG_CNT_DROP_EXEC),
-        late_untracked: get(C::ALOG_CNT_LATE_UNTRACKED),
-        ring_drains_bounded: 0,
+    // ring_drains_bounded is kept in user space; the caller fills it in.
+    let mut k = KernelCounters::default();
+    for (slot, field) in COUNTERS {
+        *field(&mut k) = get(*slot);
     }
+    k
 }
 
 /// Why one round of loading did not give a running capture.
@@ -764,28 +747,47 @@ fn bump_memlock() {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of every kernel timestamp (`bpf_ktime_get_ns`).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into a valid timespec.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-    }
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
+/// The clocks and counters live with the records they appear in.
+pub use crate::model::clock::{monotonic_ns, realtime_ns};
+pub use crate::model::counters::KernelCounters;
 
-/// CLOCK_REALTIME in ns since the epoch.
-pub fn realtime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into a valid timespec.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every counter slot alog.h declares is read into `KernelCounters`, each into a
+    /// field of its own.
+    #[test]
+    fn every_kernel_counter_is_read() {
+        let mut declared: Vec<u32> = include_str!("../bpf/alog.h")
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("ALOG_CNT_"))
+            .filter(|l| !l.starts_with("MAX"))
+            .map(|l| {
+                let v = l.split_once('=').expect("ALOG_CNT_x = n").1;
+                let v = v.split(',').next().unwrap().trim();
+                v.parse().unwrap_or_else(|e| panic!("{l}: {e}"))
+            })
+            .collect();
+        declared.sort_unstable();
+        assert!(declared.len() >= 14, "{declared:?}");
+        let mut read: Vec<u32> = COUNTERS.iter().map(|(c, _)| c.0).collect();
+        read.sort_unstable();
+        assert_eq!(
+            read, declared,
+            "slots of enum alog_counter not read (or read twice)"
+        );
+        let mut k = KernelCounters::default();
+        for (i, (_, field)) in COUNTERS.iter().enumerate() {
+            *field(&mut k) = i as u64 + 1;
+        }
+        let json = serde_json::to_value(k).unwrap();
+        let filled = json
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|v| v.as_u64() != Some(0))
+            .count();
+        assert_eq!(filled, COUNTERS.len(), "two slots fill one field: {json}");
     }
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -44,51 +44,7 @@ use super::unprobe::Unprober;
 use crate::tls::procfs::{self, FileId};
 use crate::tls::{self, Flavor, Inspection, Probe, TlsTarget};
 
-/// Counters of TLS probe attachment, for stats records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TlsAttachStats {
-    /// Shared libraries with an OpenSSL-like API (libssl) probed.
-    pub libraries_attached: u64,
-    /// Executables with OpenSSL/BoringSSL linked in probed.
-    pub binaries_attached: u64,
-    /// Go executables probed (crypto/tls).
-    pub go_binaries_attached: u64,
-    /// Files with TLS code that could not be probed (each logged once).
-    pub attach_failures: u64,
-    /// Files whose inspection stopped at a limit on the bytes read, the work done or the
-    /// time spent (each logged once).
-    #[serde(default)]
-    pub inspections_over_budget: u64,
-    /// Files with TLS code left unprobed, whole or in part, by a bound: probes per file,
-    /// per process or in all.
-    #[serde(default)]
-    pub files_refused: u64,
-    /// Probes those bounds left unattached, where known (a file with too many RETs is
-    /// refused before they are all counted).
-    #[serde(default)]
-    pub probes_refused: u64,
-    /// Probed files detached because no process maps them any more and their path no
-    /// longer leads to them.
-    #[serde(default)]
-    pub files_detached: u64,
-    /// Probes attached now.
-    #[serde(default)]
-    pub probes_attached: u64,
-    /// Exec notifications the TLS worker's queue had no room for: those processes are
-    /// left to the periodic rescan (every 60 s).
-    #[serde(default)]
-    pub exec_notes_dropped: u64,
-    /// Probe links (descriptors: one per probe, or one per group of probes of a file
-    /// where the kernel has `uprobe_multi`) of files gone, waiting to be closed now.
-    #[serde(default)]
-    pub links_detaching: u64,
-    /// Probe links closed in all.
-    #[serde(default)]
-    pub links_detached: u64,
-    /// Probe links (descriptors) held now for the probes attached.
-    #[serde(default)]
-    pub links_attached: u64,
-}
+pub use crate::model::counters::TlsAttachStats;
 
 #[derive(Debug, Default)]
 struct StatCells {

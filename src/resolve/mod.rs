@@ -18,8 +18,6 @@ pub mod procs;
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
-
 use crate::model::Endpoint;
 
 /// Fills in who an end of a connection is.
@@ -51,47 +49,7 @@ pub trait Attribution: Send {
     }
 }
 
-/// What attribution did and could not do, for `stats` records. Counts of ends are per
-/// record end (a connection with three HTTP exchanges and its connection record counts
-/// four times); the `*_known` figures are the current sizes of what is known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ResolveStats {
-    /// Ends attributed from their own process.
-    pub process_ends: u64,
-    /// ... of which in a pod the sources name.
-    pub process_ends_in_pods: u64,
-    /// ... of which in a pod cgroup that no source names (yet).
-    pub process_ends_unknown_pod: u64,
-    /// Address-only ends that are a pod IP.
-    pub remote_pod_ip: u64,
-    /// Address-only ends that are a Service IP whose backend conntrack did not give.
-    pub remote_service_ip: u64,
-    /// Address-only ends translated (DNAT) to their real backend through conntrack.
-    pub remote_conntrack: u64,
-    /// Address-only loopback ends: the same pod (network namespace) as the other end.
-    pub remote_loopback: u64,
-    /// Address-only ends nothing could name (`resolved_by: "unresolved"`).
-    pub unresolved_remotes: u64,
-    /// Connections inside one pod (app to sidecar): no relation is derived from them.
-    pub intra_pod_connections: u64,
-    pub conntrack_lookups: u64,
-    pub conntrack_errors: u64,
-    /// CRI calls that failed (socket absent is not an error).
-    pub cri_errors: u64,
-    /// Kubernetes API requests that failed.
-    pub api_errors: u64,
-    /// Snapshots of the node built so far.
-    pub refreshes: u64,
-    pub pods_known: u64,
-    pub containers_known: u64,
-    pub services_known: u64,
-    pub pod_ips_known: u64,
-    pub cgroups_known: u64,
-    /// Entries in the per-cgroup cache of `/proc` answers.
-    pub cgroup_cache: u64,
-    /// Entries in the conntrack answer cache.
-    pub conntrack_cache: u64,
-}
+pub use crate::model::counters::ResolveStats;
 
 /// Attribution with no Kubernetes knowledge: container ids from `/proc` only.
 impl Attribution for procs::ProcResolver {

@@ -280,7 +280,7 @@ pub fn header(st: &State, out: &Outside) -> Header {
             let dt = s.uptime_s - p.uptime_s;
             if dt > 0.0 {
                 h.events_per_s = s.user.events.saturating_sub(p.user.events) as f64 / dt;
-                let k = |c: &crate::capture::KernelCounters| c.data_events + c.conn_events;
+                let k = |c: &crate::model::KernelCounters| c.data_events + c.conn_events;
                 h.kernel_events_per_s = k(&s.kernel).saturating_sub(k(&p.kernel)) as f64 / dt;
             }
         }

@@ -987,7 +987,7 @@ mod tests {
         for i in 1..=3u64 {
             let s: Record = serde_json::from_value(serde_json::json!({
                 "kind": "stats", "v": 1, "time": "", "mono_ns": i * S, "uptime_s": i as f64,
-                "kernel": serde_json::to_value(crate::capture::KernelCounters::default()).unwrap(),
+                "kernel": serde_json::to_value(crate::model::KernelCounters::default()).unwrap(),
                 "user": serde_json::to_value(crate::model::UserCounters { events: i * 100, ..Default::default() }).unwrap(),
                 "lost": serde_json::to_value(crate::model::LossCounters::default()).unwrap(),
             }))

@@ -7,7 +7,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::capture::KernelCounters;
+pub mod clock;
+pub mod counters;
+
+pub use counters::{KernelCounters, ResolveStats, TlsAttachStats};
 
 /// Version of the record schema, written in every record as `v`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -313,7 +316,7 @@ pub struct StatsRecord {
     pub lost: LossCounters,
     /// Attribution: ends resolved and not, by source; cache sizes.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub attribution: Option<crate::resolve::ResolveStats>,
+    pub attribution: Option<ResolveStats>,
     /// Processes seen doing TLS whose plaintext is not visible (no probe for their TLS
     /// library: a JVM's JSSE, for one); their connections count in
     /// `user.connections_by_protocol_tls`.
@@ -325,7 +328,7 @@ pub struct StatsRecord {
     /// TLS probes: files probed, refused by a bound, detached (live capture with TLS
     /// probes only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub tls_probes: Option<crate::capture::TlsAttachStats>,
+    pub tls_probes: Option<TlsAttachStats>,
 }
 
 /// The rung of each data hook: "tracepoint", "fentry", "kprobe" or "syscall"; None: not
@@ -460,8 +463,8 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Self {
-        let real = crate::capture::realtime_ns();
-        let mono = crate::capture::monotonic_ns();
+        let real = clock::realtime_ns();
+        let mono = clock::monotonic_ns();
         Self {
             offset_ns: i128::from(real) - i128::from(mono),
         }
@@ -551,7 +554,7 @@ mod tests {
             attribution: None,
             tls_not_visible: Vec::new(),
             hooks: None,
-            tls_probes: Some(crate::capture::TlsAttachStats {
+            tls_probes: Some(TlsAttachStats {
                 files_refused: 2,
                 ..Default::default()
             }),
