@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod doctor;
 pub mod engine;
 pub mod entities;
+pub mod exit;
 pub mod flow;
 pub mod fsutil;
 pub mod model;

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use k8s_alog::capture::CaptureError;
 use k8s_alog::cli::{Cli, Command};
 
 fn main() -> ExitCode {
@@ -22,17 +21,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("k8s-alog: {e:#}");
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(k8s_alog::exit::code_of(&e))
         }
-    }
-}
-
-fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<CaptureError>() {
-        Some(CaptureError::NotPermitted) => 3,
-        Some(CaptureError::NoBtf) => 4,
-        Some(CaptureError::Refused { .. } | CaptureError::NoHook(_)) => 5,
-        Some(CaptureError::Config(_)) => 2,
-        None => 1,
     }
 }

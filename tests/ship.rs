@@ -88,6 +88,22 @@ fn help_teaches_and_version_answers() {
     let o = run_bin(&["record"]);
     assert_eq!(o.status.code(), Some(2), "{}", o.stderr);
     assert!(o.stderr.contains("--out"), "{}", o.stderr);
+    // So is a flag value that cannot be used, found after parsing (before any capture).
+    for (args, says) in [
+        (
+            &["push", "--oap", "http://oap:11800"][..],
+            "without a scheme",
+        ),
+        (&["push"][..], "push needs --oap"),
+        (
+            &["record", "--out", "-", "--ring-mb", "3"][..],
+            "power of two",
+        ),
+    ] {
+        let o = run_bin(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", o.stderr);
+        assert!(o.stderr.contains(says), "{args:?}: {}", o.stderr);
+    }
 }
 
 #[test]

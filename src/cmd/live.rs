@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::capture::{
-    self, Capture, CaptureConfig, CaptureError, DecodeError, Event, EventHandler, KernelCounters,
+    self, Capture, CaptureConfig, DecodeError, Event, EventHandler, KernelCounters,
 };
 use crate::cli::{CaptureArgs, K8sArgs};
 use crate::engine::{Engine, EngineOptions};
@@ -22,7 +22,7 @@ pub fn capture_config(a: &CaptureArgs) -> anyhow::Result<CaptureConfig> {
         .checked_mul(1 << 20)
         .filter(|r| r.is_power_of_two())
         .ok_or_else(|| {
-            CaptureError::Config(format!(
+            crate::exit::usage(format!(
                 "--ring-mb {} must be a power of two up to 2048",
                 a.ring_mb
             ))

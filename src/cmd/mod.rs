@@ -3,6 +3,7 @@
 pub mod doctor;
 pub mod generate;
 pub mod live;
+pub mod oap;
 pub mod push;
 pub mod record;
 pub mod top;

@@ -3,8 +3,8 @@
 use std::sync::atomic::Ordering;
 
 use super::live::{self, LiveOptions};
-use crate::capture::CaptureError;
 use crate::cli::PushArgs;
+use crate::exit::usage;
 use crate::sink::jsonl::read_records;
 use crate::sink::oap::OapSink;
 use crate::sink::Sink;
@@ -12,10 +12,8 @@ use crate::sink::Sink;
 pub fn run(args: &PushArgs) -> anyhow::Result<()> {
     // A recording that cannot be read is an error before anything is connected or spooled.
     let records = args.from.as_deref().map(read_records).transpose()?;
-    let Some(mut sink) = OapSink::from_args(&args.oap, &args.k8s)? else {
-        return Err(
-            CaptureError::Config("push needs --oap host:port (or K8S_ALOG_OAP)".into()).into(),
-        );
+    let Some(mut sink) = super::oap::sink(&args.oap, &args.k8s)? else {
+        return Err(usage("push needs --oap host:port (or K8S_ALOG_OAP)"));
     };
     let to = args.oap.oap.join(",");
     let res = match (records, &args.from) {

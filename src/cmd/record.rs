@@ -3,12 +3,11 @@
 use super::live::{self, LiveOptions};
 use crate::cli::RecordArgs;
 use crate::sink::jsonl::JsonlSink;
-use crate::sink::oap::OapSink;
 use crate::sink::Fanout;
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     let mut sink = JsonlSink::open(&args.out)?;
-    let mut oap = OapSink::from_args(&args.oap, &args.k8s)?;
+    let mut oap = super::oap::sink(&args.oap, &args.k8s)?;
     let mut what = format!("writing {}", args.out.display());
     if oap.is_some() {
         what.push_str(&format!(" and pushing to {}", args.oap.oap.join(",")));

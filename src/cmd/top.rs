@@ -15,7 +15,6 @@ use anyhow::Context;
 use super::live::{self, LiveOptions};
 use crate::cli::TopArgs;
 use crate::model::Record;
-use crate::sink::oap::OapSink;
 use crate::sink::{Fanout, Sink};
 use crate::top::app::Outside;
 use crate::top::cost::{BpfStatsGuard, CostProbe};
@@ -132,7 +131,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     }
     // Built before the screen changes, so that a bad OAP setting is a plain error.
     let oap = if args.from.is_none() {
-        OapSink::from_args(&args.oap, &args.k8s)?
+        super::oap::sink(&args.oap, &args.k8s)?
     } else {
         None
     };

@@ -12,22 +12,11 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-/// Exit codes of `doctor` (also in `--help`, the README and the man page).
+/// Exit codes of `doctor`, by what they mean to it (the codes are `crate::exit`'s).
 pub mod exit {
+    pub use crate::exit::{DEGRADED, ERROR, NOT_PERMITTED, NO_BTF, OAP_UNREACHABLE, REFUSED};
     /// Capture runs fully here.
-    pub const FULL: u8 = 0;
-    /// doctor itself failed.
-    pub const ERROR: u8 = 1;
-    /// Not permitted to load BPF programs (same code as `record`).
-    pub const NOT_PERMITTED: u8 = 3;
-    /// No BTF (same code as `record`).
-    pub const NO_BTF: u8 = 4;
-    /// The kernel refused the capture programs (same code as `record`).
-    pub const REFUSED: u8 = 5;
-    /// Capture runs, with something missing (the verdict says what).
-    pub const DEGRADED: u8 = 6;
-    /// Capture runs, but the `--oap` address does not resolve or does not answer.
-    pub const OAP_UNREACHABLE: u8 = 7;
+    pub const FULL: u8 = crate::exit::DONE;
 }
 
 /// The BPF program types doctor tries, in table order.

@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use self::mapping::{Mapper, NetInterface, NodeConfig};
+pub use self::mapping::NodeConfig;
+use self::mapping::{Mapper, NetInterface};
 use self::pb::ebpf_access_log_service_client::EbpfAccessLogServiceClient as Client;
 use self::pb::EbpfAccessLogMessage;
 use self::spool::{Pushed, Spool};
 use super::Sink;
-use crate::cli::{K8sArgs, OapArgs};
 use crate::model::Record;
 
 type Batch = Vec<EbpfAccessLogMessage>;
@@ -337,10 +337,6 @@ impl OapStatsHandle {
     }
 }
 
-fn read_file(p: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
-}
-
 /// This node's network interfaces (index, MTU, name) from /sys/class/net.
 pub fn net_interfaces() -> Vec<NetInterface> {
     let mut v = Vec::new();
@@ -362,12 +358,6 @@ pub fn net_interfaces() -> Vec<NetInterface> {
     }
     v.sort_by_key(|i| i.index);
     v
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// `1048576`, `64K`, `256M`, `1G` (powers of 1024) to bytes.
@@ -392,98 +382,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-impl OapConfig {
-    /// From the command line; None when no `--oap` address was given.
-    pub fn from_args(a: &OapArgs, k8s: &K8sArgs) -> anyhow::Result<Option<Self>> {
-        let addresses: Vec<String> = a
-            .oap
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if addresses.is_empty() {
-            return Ok(None);
-        }
-        for addr in &addresses {
-            if addr.contains("://") {
-                anyhow::bail!("--oap {addr:?}: give host:port, without a scheme (TLS is --oap-ca)");
-            }
-            match addr.rsplit_once(':') {
-                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
-                _ => {
-                    anyhow::bail!("--oap {addr:?}: expected host:port (e.g. oap.skywalking:11800)")
-                }
-            }
-        }
-        let tls = match (&a.oap_ca, &a.oap_cert, &a.oap_key) {
-            (None, None, None) => None,
-            (None, _, _) => anyhow::bail!("--oap-cert/--oap-key need --oap-ca (TLS to the OAP)"),
-            (Some(ca), cert, key) => {
-                let identity = match (cert, key) {
-                    (Some(c), Some(k)) => Some((
-                        read_file(c, "client certificate")?,
-                        read_file(k, "client key")?,
-                    )),
-                    (None, None) => None,
-                    _ => anyhow::bail!("--oap-cert and --oap-key go together"),
-                };
-                Some(TlsSettings {
-                    ca_pem: read_file(ca, "OAP CA certificate")?,
-                    identity,
-                })
-            }
-        };
-        if a.oap_batch_size == 0 || a.oap_batch_size > MAX_BATCH_SIZE {
-            anyhow::bail!("--oap-batch-size must be between 1 and {MAX_BATCH_SIZE}");
-        }
-        if !(a.oap_batch_period > 0.0 && a.oap_batch_period.is_finite()) {
-            anyhow::bail!("--oap-batch-period must be a positive number of seconds");
-        }
-        let spool_max_bytes =
-            parse_size(&a.oap_spool_max).map_err(|e| anyhow::anyhow!("--oap-spool-max {e}"))?;
-        let name = a
-            .oap_node_name
-            .clone()
-            .or_else(|| k8s.node_name.clone())
-            .unwrap_or_else(hostname);
-        Ok(Some(Self {
-            addresses,
-            tls,
-            token: a.oap_token.clone().filter(|t| !t.is_empty()),
-            batch_size: a.oap_batch_size,
-            batch_period: Duration::from_secs_f64(a.oap_batch_period),
-            spool_dir: a.oap_spool_dir.clone(),
-            spool_max_bytes,
-            node: NodeConfig {
-                name,
-                interfaces: net_interfaces(),
-                cluster: a
-                    .oap_cluster
-                    .clone()
-                    .or_else(|| k8s.cluster.clone())
-                    .unwrap_or_default(),
-                exclude_namespaces: a.oap_exclude_namespaces.clone(),
-            },
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs_f64(a.oap_backoff_max.max(0.5)),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(30),
-            flush_timeout: Duration::from_secs_f64(a.oap_flush_timeout.max(0.0)),
-            log_every: Duration::from_secs_f64(a.oap_log_interval.max(0.0)),
-        }))
-    }
-}
-
 impl OapSink {
-    /// The sink for `--oap ...`, or None when no address was given (so `top` and
-    /// `record` can take the flags as optional).
-    pub fn from_args(a: &OapArgs, k8s: &K8sArgs) -> anyhow::Result<Option<Self>> {
-        match OapConfig::from_args(a, k8s)? {
-            Some(cfg) => Ok(Some(Self::start(cfg)?)),
-            None => Ok(None),
-        }
-    }
-
     /// Open the spool and start the delivery thread. A spool directory that cannot be
     /// used (read-only file system, not ours, locked, ...) is not fatal: batches then
     /// wait in memory, within `MEMORY_SPOOL_MAX`, and this is said loudly once and in
