@@ -59,3 +59,6 @@ fn libbpf_log(level: libbpf_rs::PrintLevel, msg: String) {
         _ => tracing::debug!(target: "libbpf", "{msg}"),
     }
 }
+
+#[cfg(test)]
+mod layering_tests;
