@@ -4186,10 +4186,10 @@ mod real_traffic_tests {
     use super::*;
     use Direction::{Egress as E, Ingress as I};
 
-    const NGHTTP_NGINX: &str = include_str!("../../tests/fixtures/http2/nghttp_nginx.txt");
-    const NGHTTP_POST: &str = include_str!("../../tests/fixtures/http2/nghttp_post.txt");
-    const H2LOAD_NGINX: &str = include_str!("../../tests/fixtures/http2/h2load_nginx.txt");
-    const GRPC_PYTHON: &str = include_str!("../../tests/fixtures/http2/grpc_python.txt");
+    const NGHTTP_NGINX: &str = include_str!("../../../tests/fixtures/http2/nghttp_nginx.txt");
+    const NGHTTP_POST: &str = include_str!("../../../tests/fixtures/http2/nghttp_post.txt");
+    const H2LOAD_NGINX: &str = include_str!("../../../tests/fixtures/http2/h2load_nginx.txt");
+    const GRPC_PYTHON: &str = include_str!("../../../tests/fixtures/http2/grpc_python.txt");
 
     /// The recorded calls, from the client's point of view (C: Egress).
     fn calls(text: &str) -> Vec<(Direction, Vec<u8>)> {
