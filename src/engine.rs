@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::capture::skel::types::alog_conn_flags as F;
 use crate::capture::{comm_str, ConnEvent, ConnKind, DataEvent, KernelCounters};
 use crate::model::{
     grpc_status_name, Clock, ConnectionRecord, Endpoint, GrpcCall, Handshake, HttpRecord,
@@ -352,7 +351,7 @@ impl Engine {
                     .or_insert_with(|| Conn::new(ev.cookie, ev.ts_ns));
                 c.local = Some(ev.local);
                 c.remote = Some(ev.remote);
-                c.preexisting = ev.kind == ConnKind::Discovered || ev.has_preexisting();
+                c.preexisting = ev.kind == ConnKind::Discovered || ev.flags.preexisting();
                 c.connect_start_ns = ev.connect_start_ns;
                 c.established_ns = ev.established_ns;
                 c.open_ns = if ev.established_ns > 0 {
@@ -364,7 +363,7 @@ impl Engine {
                     c.role = ev.role;
                     c.role_source = RoleSource::Handshake;
                 }
-                if ev.has_owner() && c.owner.is_none() {
+                if ev.flags.owner_known() && c.owner.is_none() {
                     c.owner = Some(Owner {
                         pid: ev.tgid,
                         comm: comm_str(&ev.comm),
@@ -382,7 +381,7 @@ impl Engine {
                         let mut c = Conn::new(ev.cookie, ev.ts_ns);
                         c.local = Some(ev.local);
                         c.remote = Some(ev.remote);
-                        c.preexisting = ev.has_preexisting();
+                        c.preexisting = ev.flags.preexisting();
                         c.connect_start_ns = ev.connect_start_ns;
                         c.established_ns = ev.established_ns;
                         if ev.established_ns > 0 {
@@ -395,14 +394,14 @@ impl Engine {
                         (c, true)
                     }
                 };
-                if c.owner.is_none() && ev.has_owner() {
+                if c.owner.is_none() && ev.flags.owner_known() {
                     c.owner = Some(Owner {
                         pid: ev.tgid,
                         comm: comm_str(&ev.comm),
                         cgroup_id: ev.cgroup_id,
                     });
                 }
-                if ev.has_data_lost() {
+                if ev.flags.data_lost() {
                     c.data_lost = true;
                 }
                 if ev.kind == ConnKind::ConnectFailed {
@@ -1179,10 +1178,10 @@ impl Engine {
         handshake.success = est > 0 || c.preexisting;
         let (closed_by, reset_sent, reset_received, close_reason, tcp) = match ev {
             Some(e) => {
-                let local_first = e.has(F::ALOG_F_CLOSED_LOCAL);
-                let peer_first = e.has(F::ALOG_F_CLOSED_PEER);
-                let rs = e.has(F::ALOG_F_RST_SENT);
-                let rr = e.has(F::ALOG_F_RST_RECV);
+                let local_first = e.flags.closed_local();
+                let peer_first = e.flags.closed_peer();
+                let rs = e.flags.rst_sent();
+                let rr = e.flags.rst_recv();
                 let closer = |local: bool| -> &'static str {
                     match (role, local) {
                         (Role::Client, true) | (Role::Server, false) => "client",
@@ -1345,28 +1344,10 @@ pub fn split_target(target: &str) -> (String, Option<String>) {
     }
 }
 
-trait ConnEventExt {
-    fn has_preexisting(&self) -> bool;
-    fn has_owner(&self) -> bool;
-    fn has_data_lost(&self) -> bool;
-}
-
-impl ConnEventExt for ConnEvent {
-    fn has_preexisting(&self) -> bool {
-        self.has(F::ALOG_F_PREEXISTING)
-    }
-    fn has_owner(&self) -> bool {
-        self.has(F::ALOG_F_OWNER_KNOWN)
-    }
-    fn has_data_lost(&self) -> bool {
-        self.has(F::ALOG_F_DATA_LOST)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::Syscall;
+    use crate::capture::{ConnFlags, Syscall};
 
     /// Attribution stand-in: one translated connection, from `client` to `service`,
     /// really to `backend`.
@@ -1433,7 +1414,7 @@ mod tests {
             segs_out: 0,
             segs_in: 0,
             tgid: cookie as u32 * 100,
-            flags: F::ALOG_F_OWNER_KNOWN.0 | F::ALOG_F_CLOSED_LOCAL.0,
+            flags: ConnFlags::OWNER_KNOWN | ConnFlags::CLOSED_LOCAL,
             role,
             old_state: 0,
             new_state: 0,
