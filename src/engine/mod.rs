@@ -2,21 +2,35 @@
 //!
 //! Pure: no I/O except through the injected process resolver. Records are pushed to
 //! `Engine::out`, which the caller drains after each event.
+//!
+//! This file holds the connection table and the handling of events (opening, data,
+//! closing, ticks, eviction); `pairing` links the two views of a connection whose both
+//! ends are on this node and decides which view writes; `records` builds the records
+//! (pure); `budget` holds the parsers to their shared memory budget.
+
+mod budget;
+mod pairing;
+mod records;
+#[cfg(test)]
+mod test_util;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::capture::{comm_str, ConnEvent, ConnKind, DataEvent, KernelCounters};
 use crate::model::{
-    grpc_status_name, Clock, ConnectionRecord, Endpoint, GrpcCall, Handshake, HttpRecord,
-    LossCounters, MessageSize, ObservedBy, Record, RoleSource, ServiceAddr, StatsRecord,
-    TcpFigures, Trace, UserCounters, SCHEMA_VERSION,
+    Clock, Endpoint, LossCounters, Record, RoleSource, ServiceAddr, StatsRecord, UserCounters,
+    SCHEMA_VERSION,
 };
-use crate::protocol::http1::{Http1Exchange, Http1Stats};
-use crate::protocol::http2::{H2Exchange, H2Stats};
+use crate::protocol::http1::Http1Stats;
+use crate::protocol::http2::H2Stats;
 use crate::protocol::l7::{self, Exchange, Parser};
 use crate::protocol::{Chunk, Direction, Role};
 use crate::resolve::Attribution;
+
+pub use budget::DEFAULT_PARSER_BYTES;
+use pairing::PeerView;
+pub use records::split_target;
 
 /// How many payload-carrying chunks of a connection joined mid-stream are tried for
 /// protocol detection before it is settled as unknown.
@@ -32,16 +46,6 @@ const MAX_TLS_NOT_VISIBLE: usize = 32;
 /// a reset can close a socket before the sends that provoked it are reported, and the
 /// other end of a local connection closes a moment later.
 const CLOSE_GRACE_NS: u64 = 300_000_000;
-
-/// A client's socket whose server end may be a socket on this node that has not been
-/// used yet (an accepted socket is announced at its first use) is not made to write its
-/// exchanges early for this long after it opened: they would be written by both ends.
-const LINK_WAIT_NS: u64 = 1_000_000_000;
-
-/// The parsers' shared budget by default: 128 MiB (a connection's parser holds at most
-/// about 1.1 MiB: HTTP/2 streams 1 MiB plus frame buffers and HPACK tables; HTTP/1 two
-/// heads plus 1 MiB of requests waiting).
-pub const DEFAULT_PARSER_BYTES: usize = 128 << 20;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -89,24 +93,6 @@ enum Proto {
     /// TLS records whose plaintext has not been seen.
     Tls,
     Unknown,
-}
-
-/// What a socket's linked local peer looked like, kept after the peer closed.
-#[derive(Debug, Clone, Default)]
-struct PeerView {
-    owner: Option<Owner>,
-    role: Option<Role>,
-    http: bool,
-    /// Responses its parser sent or received with no request to pair them with (its
-    /// view missed the request: a read in flight when capture attached, on the hook rungs
-    /// that see a call only from its entry), not yet taken over by the linked client.
-    unanswered: u64,
-    /// Its socket's byte counts so far (a call in flight when capture attached is missing
-    /// from one end's counts on some hook rungs, never from both).
-    bytes_sent: u64,
-    bytes_recv: u64,
-    connect_start_ns: u64,
-    established_ns: u64,
 }
 
 #[derive(Debug)]
@@ -186,23 +172,6 @@ impl Conn {
             bytes_recv: 0,
             send_calls: 0,
             recv_calls: 0,
-        }
-    }
-
-    fn view(&self) -> PeerView {
-        PeerView {
-            owner: self.owner.clone(),
-            role: Some(self.role),
-            http: self.http.is_some(),
-            unanswered: self
-                .http
-                .as_ref()
-                .and_then(|h| h.http1_stats())
-                .map_or(0, |s| s.unmatched_responses.saturating_sub(self.taken_over)),
-            bytes_sent: self.bytes_sent,
-            bytes_recv: self.bytes_recv,
-            connect_start_ns: self.connect_start_ns,
-            established_ns: self.established_ns,
         }
     }
 }
@@ -451,82 +420,6 @@ impl Engine {
         self.enforce_parser_budget(now);
     }
 
-    /// Count what every parser holds (parsers also shrink between calls).
-    fn recount_parser_bytes(&mut self) {
-        let mut total = 0usize;
-        for c in self.conns.values_mut() {
-            c.mem = c.http.as_ref().map_or(0, Parser::buffered_bytes);
-            total = total.saturating_add(c.mem);
-        }
-        self.parser_bytes = total;
-    }
-
-    /// A connection's parser holds `mem` bytes now.
-    fn set_mem(&mut self, c: &mut Conn, mem: usize) {
-        self.parser_bytes = self.parser_bytes.saturating_sub(c.mem).saturating_add(mem);
-        c.mem = mem;
-    }
-
-    /// Over the shared budget: bring the parsers that hold the most down until all hold
-    /// at most three quarters of it (so that parsers held at the budget do not sort on
-    /// every call). First what waits for an answer is written out early (nothing is
-    /// lost, the parsers stay in step); only if that is not enough are parsers started
-    /// over (their partial heads, frames and tables are lost, counted).
-    fn enforce_parser_budget(&mut self, now: u64) {
-        if self.parser_bytes <= self.opts.max_parser_bytes {
-            return;
-        }
-        let goal = self.opts.max_parser_bytes / 4 * 3;
-        for restart in [false, true] {
-            let mut held: Vec<(usize, u64)> = self
-                .conns
-                .values()
-                .filter(|c| c.mem > 0 && !self.may_be_linked_yet(c, now))
-                .map(|c| (c.mem, c.cookie))
-                .collect();
-            held.sort_unstable_by(|a, b| b.cmp(a));
-            for (_, cookie) in held {
-                if self.parser_bytes <= goal {
-                    return;
-                }
-                if let Some(mut c) = self.conns.remove(&cookie) {
-                    if restart {
-                        self.restart_parser(&mut c, now);
-                    } else {
-                        self.shed_waiting(&mut c);
-                    }
-                    self.conns.insert(cookie, c);
-                }
-            }
-        }
-    }
-
-    /// A client's view that may still be linked to a server's view on this node: its
-    /// exchanges must not be written yet (the server's view writes them once linked).
-    fn may_be_linked_yet(&self, c: &Conn, now: u64) -> bool {
-        c.peer.is_none() && c.role != Role::Server && now.saturating_sub(c.open_ns) < LINK_WAIT_NS
-    }
-
-    /// Write out early what a connection's parser holds waiting for an answer.
-    fn shed_waiting(&mut self, c: &mut Conn) {
-        let Some(mut h) = c.http.take() else {
-            return;
-        };
-        let mut done = std::mem::take(&mut self.scratch);
-        h.shed(&mut done);
-        let any = !done.is_empty();
-        for x in done.drain(..) {
-            self.emit_http(c, x);
-        }
-        self.scratch = done;
-        let mem = h.buffered_bytes();
-        c.http = Some(h);
-        self.set_mem(c, mem);
-        if any {
-            self.user.parsers_shed_memory += 1;
-        }
-    }
-
     /// Close a connection's parser (taken out of it): what it has in flight is written
     /// out (with `note`, if any), the role it learnt is kept, its counters are kept.
     fn close_parser(&mut self, c: &mut Conn, h: &mut Parser, now: u64, note: Option<&'static str>) {
@@ -549,29 +442,6 @@ impl Engine {
         if let Some(x) = h.http2_stats() {
             add_h2_stats(&mut self.h2_closed, x);
         }
-    }
-
-    /// Start a connection's parser over: what it has in flight is written out,
-    /// incomplete, note `memory_budget`; what follows is parsed as if joined mid-stream,
-    /// and the connection is marked as having lost data.
-    fn restart_parser(&mut self, c: &mut Conn, now: u64) {
-        let Some(mut h) = c.http.take() else {
-            return;
-        };
-        self.close_parser(c, &mut h, now, Some("memory_budget"));
-        let mut fresh = if h.is_http2() {
-            Parser::http2(c.role, false)
-        } else {
-            Parser::http1(c.role, self.opts.max_header_bytes)
-        };
-        // Bytes were skipped: pairing is only trusted again from a fresh start.
-        fresh.gap(Direction::Egress);
-        fresh.gap(Direction::Ingress);
-        c.http = Some(fresh);
-        let mem = c.http.as_ref().map_or(0, Parser::buffered_bytes);
-        self.set_mem(c, mem);
-        c.data_lost = true;
-        self.user.parsers_restarted_memory += 1;
     }
 
     /// HTTP/2 streams that lost frames and went quiet are written out incomplete.
@@ -732,143 +602,10 @@ impl Engine {
         }
     }
 
-    fn link(&mut self, cookie: u64, local: SocketAddr, remote: SocketAddr) {
-        self.by_tuple.insert((local, remote), cookie);
-        if let Some(&peer) = self.by_tuple.get(&(remote, local)) {
-            if peer != cookie && self.conns.contains_key(&peer) {
-                if let Some(c) = self.conns.get_mut(&cookie) {
-                    c.peer = Some(peer);
-                }
-                if let Some(p) = self.conns.get_mut(&peer) {
-                    p.peer = Some(cookie);
-                }
-            }
-        }
-    }
-
-    /// Link the two local sockets of a connection whose destination was translated on
-    /// the way (a client dialled a Service IP; the backend accepted from the client's
-    /// address): the client's local address is the server's remote, and the kernel's
-    /// NAT table says the client's destination became the server's local address.
-    fn link_translated(&mut self, cookie: u64, local: SocketAddr, remote: SocketAddr, role: Role) {
-        let (client, server) = match role {
-            Role::Client => {
-                self.clients_by_local.insert(local, cookie);
-                match self.servers_by_remote.get(&local) {
-                    Some(&s) => (cookie, s),
-                    None => return,
-                }
-            }
-            Role::Server => {
-                self.servers_by_remote.insert(remote, cookie);
-                match self.clients_by_local.get(&remote) {
-                    Some(&c) => (c, cookie),
-                    None => return,
-                }
-            }
-            Role::Unknown => return,
-        };
-        if client == server {
-            return;
-        }
-        let (Some(c), Some(s)) = (self.conns.get(&client), self.conns.get(&server)) else {
-            return;
-        };
-        if c.peer.is_some() || s.peer.is_some() {
-            return;
-        }
-        let (Some(cl), Some(cr), Some(sl)) = (c.local, c.remote, s.local) else {
-            return;
-        };
-        let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-        if canon(cr) == canon(sl) {
-            return; // not translated: the mirrored tuple links these
-        }
-        let Some(dest) = self.attrib.as_mut().and_then(|a| a.nat_destination(cl, cr)) else {
-            return;
-        };
-        if canon(dest) != canon(sl) {
-            return;
-        }
-        if let Some(c) = self.conns.get_mut(&client) {
-            c.peer = Some(server);
-        }
-        if let Some(s) = self.conns.get_mut(&server) {
-            s.peer = Some(client);
-            s.nat_via = Some(cr);
-        }
-        self.user.nat_linked += 1;
-    }
-
-    fn peer_view(&self, c: &Conn) -> Option<PeerView> {
-        let peer = c.peer?;
-        self.conns
-            .get(&peer)
-            .map(Conn::view)
-            .or_else(|| self.closed_peers.get(&peer).cloned())
-    }
-
-    fn effective_role(&self, c: &Conn) -> (Role, RoleSource) {
-        if c.role != Role::Unknown {
-            return (c.role, c.role_source);
-        }
-        // Nothing told: the end with an ephemeral port is the client.
-        let (lo, hi) = self.opts.ephemeral_ports;
-        let eph = |p: u16| p >= lo && p <= hi;
-        match (c.local, c.remote) {
-            (Some(l), Some(r)) if eph(l.port()) && !eph(r.port()) => {
-                (Role::Client, RoleSource::Port)
-            }
-            (Some(l), Some(r)) if !eph(l.port()) && eph(r.port()) => {
-                (Role::Server, RoleSource::Port)
-            }
-            (Some(l), Some(r)) if l.port() > r.port() => (Role::Client, RoleSource::Port),
-            _ => (Role::Server, RoleSource::Port),
-        }
-    }
-
-    /// Which side writes the record of this socket, or None when the peer's view is
-    /// written instead.
-    fn observed_by(&self, c: &Conn, role: Role, peer: Option<&PeerView>) -> Option<ObservedBy> {
-        match (role, peer) {
-            (Role::Server, Some(_)) => Some(ObservedBy::Both),
-            (Role::Server, _) => Some(ObservedBy::Server),
-            (_, Some(p)) => {
-                let peer_is_server = match p.role {
-                    Some(Role::Server) => true,
-                    Some(Role::Unknown) | None => {
-                        // Both ends unsure: the ephemeral-port end is the client.
-                        self.effective_role(c).0 == Role::Client
-                    }
-                    Some(Role::Client) => false,
-                };
-                if peer_is_server {
-                    None
-                } else {
-                    Some(ObservedBy::Client)
-                }
-            }
-            _ => Some(ObservedBy::Client),
-        }
-    }
-
-    fn endpoint(addr: Option<SocketAddr>, owner: Option<&Owner>) -> Endpoint {
-        let mut e = Endpoint {
-            addr: addr.map(|a| a.ip()),
-            port: addr.map(|a| a.port()).unwrap_or(0),
-            ..Endpoint::default()
-        };
-        if let Some(o) = owner {
-            e.pid = Some(o.pid);
-            e.process = Some(o.comm.clone());
-            e.cgroup_id = Some(o.cgroup_id);
-        }
-        e
-    }
-
+    /// The client and server ends of a record of this socket, attributed.
     fn ends(&mut self, c: &Conn, role: Role, peer: Option<&PeerView>) -> (Endpoint, Endpoint) {
-        let mut local = Self::endpoint(c.local, c.owner.as_ref());
-        let mut remote = Self::endpoint(c.remote, peer.and_then(|p| p.owner.as_ref()));
+        let mut local = records::endpoint(c.local, c.owner.as_ref());
+        let mut remote = records::endpoint(c.remote, peer.and_then(|p| p.owner.as_ref()));
         if let Some(a) = self.attrib.as_mut() {
             for (ep, other) in [(&mut local, c.remote), (&mut remote, c.local)] {
                 if ep.pid.is_some() {
@@ -900,186 +637,24 @@ impl Engine {
             c.role
         };
         let peer = self.peer_view(c);
-        // A linked peer that parses the same traffic writes the exchange if it is the
-        // server. The server's view says `both` whenever the client's socket is linked,
-        // whether or not the client's bytes were parsed by then (TLS plaintext of the
-        // client's write can arrive after the server answered: the client's side then
-        // drops its duplicate as usual).
-        let peer_http = if role == Role::Server {
-            peer.as_ref()
-        } else {
-            peer.as_ref().filter(|p| p.http)
-        };
-        let observed_by = match self.observed_by(c, role, peer_http) {
-            Some(o) => o,
-            // The server's view could not pair this exchange's response with a request
-            // (it missed the request): the client's view writes it, once.
-            None if peer_http.is_some_and(|p| p.unanswered > 0) => {
-                if let Some(p) = c.peer.and_then(|p| self.conns.get_mut(&p)) {
-                    p.taken_over += 1;
-                }
-                ObservedBy::Both
-            }
-            None => {
-                self.user.deduplicated += 1;
-                return;
-            }
+        let Some(observed_by) = self.exchange_observed_by(c, role, peer.as_ref()) else {
+            self.user.deduplicated += 1;
+            return;
         };
         let (client, server) = self.ends(c, role, peer.as_ref());
-        let mut rec = match x {
-            Exchange::Http1(x) => self.http1_record(x),
-            Exchange::Http2(x) => self.http2_record(x),
+        let ends = records::ExchangeEnds {
+            conn_id: c.cookie,
+            observed_by,
+            client,
+            server,
+            tls: c.tls,
         };
-        rec.conn_id = c.cookie;
-        rec.observed_by = observed_by;
-        rec.client = client;
-        rec.server = server;
-        rec.tls = c.tls;
+        let rec = records::http_record(x, ends, &self.clock, self.opts.keep_query);
         if rec.partial {
             self.user.partial_records += 1;
         }
         self.user.http_records += 1;
         self.out.push(Record::Http(rec));
-    }
-
-    fn path_and_query(&self, target: &str) -> (String, Option<String>) {
-        let (path, query) = split_target(target);
-        (path, if self.opts.keep_query { query } else { None })
-    }
-
-    /// The parts of a record that come from an HTTP/1 exchange.
-    fn http1_record(&self, x: Http1Exchange) -> HttpRecord {
-        let (path, query) = self.path_and_query(&x.target);
-        let end = if x.resp_end_ns > 0 {
-            x.resp_end_ns
-        } else {
-            x.req_end_ns
-        };
-        let error = x.status.is_none_or(|s| s >= 500);
-        HttpRecord {
-            v: SCHEMA_VERSION,
-            time: self.clock.rfc3339(end),
-            conn_id: 0,
-            observed_by: ObservedBy::Server,
-            client: Endpoint::default(),
-            server: Endpoint::default(),
-            protocol: format!("HTTP/{}", x.version),
-            tls: false,
-            method: Some(x.method),
-            path: Some(path),
-            query,
-            host: x.host,
-            user_agent: x.user_agent,
-            status: x.status,
-            content_type: x.content_type,
-            request: MessageSize {
-                header_bytes: x.req_header_bytes,
-                body_bytes: x.req_body_bytes,
-                chunked: x.chunked_request,
-            },
-            response: MessageSize {
-                header_bytes: x.resp_header_bytes,
-                body_bytes: x.resp_body_bytes,
-                chunked: x.chunked_response,
-            },
-            start_mono_ns: x.req_start_ns,
-            end_mono_ns: x.resp_end_ns,
-            start_time: self.clock.rfc3339(x.req_start_ns),
-            duration_ns: if x.resp_end_ns > 0 {
-                x.resp_end_ns.saturating_sub(x.req_start_ns)
-            } else {
-                0
-            },
-            interim: x.interim,
-            upgrade: x.upgrade,
-            trace: x.trace.map(trace_of),
-            stream_id: None,
-            grpc: None,
-            reset_code: None,
-            error,
-            complete: x.complete,
-            partial: x.partial,
-            notes: x.notes.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    /// The parts of a record that come from an HTTP/2 stream.
-    fn http2_record(&self, x: H2Exchange) -> HttpRecord {
-        let (path, query) = match x.path.as_deref() {
-            Some(t) => {
-                let (p, q) = self.path_and_query(t);
-                (Some(p), q)
-            }
-            None => (None, None),
-        };
-        let grpc = if x.grpc {
-            let (service, method) = grpc_parts(path.as_deref().unwrap_or(""));
-            Some(GrpcCall {
-                service,
-                method,
-                status: x.grpc_status,
-                status_name: x.grpc_status.map(|c| grpc_status_name(c).to_string()),
-                message: x.grpc_message.clone(),
-                request_messages: x.req_messages,
-                response_messages: x.resp_messages,
-                trailers_only: x.trailers_only,
-            })
-        } else {
-            None
-        };
-        let error = x.status.is_none_or(|s| s >= 500)
-            || x.reset_code.is_some()
-            || (x.grpc && x.grpc_status.is_none_or(|g| g != 0));
-        let end = if x.resp_end_ns > 0 {
-            x.resp_end_ns
-        } else {
-            x.req_end_ns.max(x.req_start_ns)
-        };
-        HttpRecord {
-            v: SCHEMA_VERSION,
-            time: self.clock.rfc3339(end),
-            conn_id: 0,
-            observed_by: ObservedBy::Server,
-            client: Endpoint::default(),
-            server: Endpoint::default(),
-            protocol: "HTTP/2".to_string(),
-            tls: false,
-            method: x.method,
-            path,
-            query,
-            host: x.authority,
-            user_agent: x.user_agent,
-            status: x.status,
-            content_type: x.content_type,
-            request: MessageSize {
-                header_bytes: x.req_header_bytes,
-                body_bytes: x.req_body_bytes,
-                chunked: false,
-            },
-            response: MessageSize {
-                header_bytes: x.resp_header_bytes,
-                body_bytes: x.resp_body_bytes,
-                chunked: false,
-            },
-            start_mono_ns: x.req_start_ns,
-            end_mono_ns: x.resp_end_ns,
-            start_time: self.clock.rfc3339(x.req_start_ns),
-            duration_ns: if x.resp_end_ns > 0 && x.req_start_ns > 0 {
-                x.resp_end_ns.saturating_sub(x.req_start_ns)
-            } else {
-                0
-            },
-            interim: Vec::new(),
-            upgrade: None,
-            trace: x.trace.map(trace_of),
-            stream_id: Some(x.stream_id),
-            grpc,
-            reset_code: x.reset_code,
-            error,
-            complete: x.complete,
-            partial: x.partial,
-            notes: x.notes.iter().map(|s| s.to_string()).collect(),
-        }
     }
 
     /// Close out a connection: flush its parser, write its record (unless its peer's
@@ -1090,23 +665,43 @@ impl Engine {
             self.close_parser(&mut c, &mut h, now, None);
             c.http = Some(h);
         }
-        if let (Some(l), Some(r)) = (c.local, c.remote) {
-            if self.by_tuple.get(&(l, r)) == Some(&c.cookie) {
-                self.by_tuple.remove(&(l, r));
-            }
-            if self.clients_by_local.get(&l) == Some(&c.cookie) {
-                self.clients_by_local.remove(&l);
-            }
-            if self.servers_by_remote.get(&r) == Some(&c.cookie) {
-                self.servers_by_remote.remove(&r);
-            }
-        }
+        self.unindex(&c);
+        self.count_protocol(&c);
+        let (role, role_source) = self.effective_role(&c);
+        let peer = self.peer_view(&c);
+        self.keep_view_for_peer(&c);
+        let Some(observed_by) = self.observed_by(&c, role, peer.as_ref()) else {
+            self.user.deduplicated += 1;
+            return;
+        };
+        let (client, server) = self.ends(&c, role, peer.as_ref());
+        let rec = records::connection_record(
+            records::Finished {
+                conn: &c,
+                close: ev,
+                end_reason,
+                now,
+                role,
+                role_source,
+                peer: peer.as_ref(),
+                observed_by,
+                client,
+                server,
+            },
+            &self.clock,
+        );
+        self.user.connection_records += 1;
+        self.out.push(Record::Connection(rec));
+    }
+
+    /// Count a finished connection by its protocol; TLS whose plaintext no probe saw (a
+    /// JVM's JSSE, a TLS library that is not probed) names its process, rather than
+    /// nothing.
+    fn count_protocol(&mut self, c: &Conn) {
         match c.proto {
             Proto::Http1 => self.user.connections_by_protocol_http1 += 1,
             Proto::Http2 => self.user.connections_by_protocol_http2 += 1,
             Proto::Tls => {
-                // TLS whose plaintext no probe saw (a JVM's JSSE, a TLS library that
-                // is not probed): say which processes, rather than nothing.
                 self.user.connections_by_protocol_tls += 1;
                 if let Some(o) = &c.owner {
                     if !self.tls_not_visible.contains(&o.comm)
@@ -1118,152 +713,6 @@ impl Engine {
             }
             Proto::Undecided | Proto::Unknown => self.user.connections_by_protocol_unknown += 1,
         }
-        let (role, role_source) = self.effective_role(&c);
-        let peer = self.peer_view(&c);
-        if let Some(p) = c.peer {
-            if self.conns.contains_key(&p) {
-                self.closed_peers.insert(c.cookie, c.view());
-            } else {
-                self.closed_peers.remove(&p);
-            }
-        }
-        let Some(observed_by) = self.observed_by(&c, role, peer.as_ref()) else {
-            self.user.deduplicated += 1;
-            return;
-        };
-        let (client, server) = self.ends(&c, role, peer.as_ref());
-        let (sent, recv, sc, rc) = match ev {
-            Some(e) => (
-                e.bytes_sent + c.late_sent,
-                e.bytes_recv + c.late_recv,
-                e.send_calls,
-                e.recv_calls,
-            ),
-            None => (c.bytes_sent, c.bytes_recv, c.send_calls, c.recv_calls),
-        };
-        let (mut c2s, mut s2c, c2s_calls, s2c_calls) = if role == Role::Client {
-            (sent, recv, sc, rc)
-        } else {
-            (recv, sent, rc, sc)
-        };
-        if let Some(p) = &peer {
-            // What one end sent the other received: the larger count is the one that
-            // missed nothing.
-            let (p_c2s, p_s2c) = if role == Role::Client {
-                (p.bytes_recv, p.bytes_sent)
-            } else {
-                (p.bytes_sent, p.bytes_recv)
-            };
-            c2s = c2s.max(p_c2s);
-            s2c = s2c.max(p_s2c);
-        }
-        let mut handshake = Handshake::default();
-        let (cs, est) = if role == Role::Client {
-            (c.connect_start_ns, c.established_ns)
-        } else {
-            match &peer {
-                Some(p) if p.connect_start_ns > 0 => (p.connect_start_ns, p.established_ns),
-                _ => (0, c.established_ns),
-            }
-        };
-        if cs > 0 {
-            handshake.start_mono_ns = Some(cs);
-        }
-        if est > 0 {
-            handshake.end_mono_ns = Some(est);
-            if cs > 0 && est >= cs {
-                handshake.duration_ns = Some(est - cs);
-            }
-        }
-        handshake.success = est > 0 || c.preexisting;
-        let (closed_by, reset_sent, reset_received, close_reason, tcp) = match ev {
-            Some(e) => {
-                let local_first = e.flags.closed_local();
-                let peer_first = e.flags.closed_peer();
-                let rs = e.flags.rst_sent();
-                let rr = e.flags.rst_recv();
-                let closer = |local: bool| -> &'static str {
-                    match (role, local) {
-                        (Role::Client, true) | (Role::Server, false) => "client",
-                        _ => "server",
-                    }
-                };
-                let closed_by = if local_first {
-                    closer(true)
-                } else if peer_first {
-                    closer(false)
-                } else if rs {
-                    closer(true)
-                } else if rr {
-                    closer(false)
-                } else {
-                    "unknown"
-                };
-                let reason = if e.kind == ConnKind::ConnectFailed {
-                    "connect_failed"
-                } else if rs || rr {
-                    "reset"
-                } else {
-                    "fin"
-                };
-                (
-                    closed_by.to_string(),
-                    rs,
-                    rr,
-                    reason.to_string(),
-                    TcpFigures {
-                        srtt_us: e.srtt_us,
-                        retransmits: e.total_retrans,
-                        segs_in: e.segs_in,
-                        segs_out: e.segs_out,
-                    },
-                )
-            }
-            None => (
-                "unknown".to_string(),
-                false,
-                false,
-                end_reason.to_string(),
-                TcpFigures::default(),
-            ),
-        };
-        if ev.is_some_and(|e| e.kind == ConnKind::ConnectFailed) {
-            handshake.success = false;
-        }
-        self.user.connection_records += 1;
-        self.out.push(Record::Connection(ConnectionRecord {
-            v: SCHEMA_VERSION,
-            time: self.clock.rfc3339(now),
-            mono_ns: now,
-            conn_id: c.cookie,
-            observed_by,
-            role_source,
-            client,
-            server,
-            protocol: match c.proto {
-                Proto::Http1 => "http1",
-                Proto::Http2 => "http2",
-                Proto::Tls => "tls",
-                Proto::Undecided | Proto::Unknown => "unknown",
-            }
-            .to_string(),
-            tls: c.tls || c.proto == Proto::Tls,
-            preexisting: c.preexisting,
-            handshake,
-            bytes_client_to_server: c2s,
-            bytes_server_to_client: s2c,
-            calls_client_to_server: c2s_calls,
-            calls_server_to_client: s2c_calls,
-            tcp,
-            closed_by,
-            reset_sent,
-            reset_received,
-            close_reason,
-            open_mono_ns: c.open_ns,
-            duration_ns: now.saturating_sub(c.open_ns),
-            exchanges: c.exchanges + c.taken_over,
-            data_lost: c.data_lost,
-        }));
     }
 
     fn maybe_evict(&mut self, now: u64) {
@@ -1282,25 +731,6 @@ impl Engine {
                 self.finish(c, None, now, "evicted");
             }
         }
-    }
-}
-
-fn trace_of(t: crate::protocol::http1::TraceContext) -> Trace {
-    Trace {
-        provider: t.provider.to_string(),
-        trace_id: t.trace_id,
-        segment_id: t.segment_id,
-        span_id: t.span_id,
-        parent_service: t.parent_service,
-    }
-}
-
-/// `/package.Service/Method` to (`package.Service`, `Method`).
-fn grpc_parts(path: &str) -> (String, String) {
-    let p = path.trim_start_matches('/');
-    match p.rsplit_once('/') {
-        Some((svc, m)) => (svc.to_string(), m.to_string()),
-        None => (p.to_string(), String::new()),
     }
 }
 
@@ -1336,216 +766,10 @@ fn add_stats(acc: &mut Http1Stats, s: &Http1Stats) {
     acc.requests_evicted_memory += s.requests_evicted_memory;
 }
 
-/// Split a request target into path and query.
-pub fn split_target(target: &str) -> (String, Option<String>) {
-    match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::test_util::data;
     use super::*;
-    use crate::capture::{ConnFlags, Syscall};
-
-    /// Attribution stand-in: one translated connection, from `client` to `service`,
-    /// really to `backend`.
-    struct Nat {
-        client: SocketAddr,
-        service: SocketAddr,
-        backend: SocketAddr,
-        lookups: std::sync::Arc<std::sync::atomic::AtomicU32>,
-    }
-
-    impl Attribution for Nat {
-        fn attribute_process(&mut self, ep: &mut Endpoint) {
-            ep.resolved_by = Some("process".into());
-        }
-        fn attribute_address(&mut self, ep: &mut Endpoint, _peer: Option<SocketAddr>) {
-            ep.resolved_by = Some("unresolved".into());
-        }
-        fn nat_destination(&mut self, l: SocketAddr, r: SocketAddr) -> Option<SocketAddr> {
-            self.lookups
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            (l == self.client && r == self.service).then_some(self.backend)
-        }
-        fn service_at(&mut self, a: SocketAddr) -> Option<String> {
-            (a == self.service).then(|| "cart.shop".to_string())
-        }
-    }
-
-    fn sa(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    fn conn(
-        kind: ConnKind,
-        cookie: u64,
-        ts: u64,
-        local: &str,
-        remote: &str,
-        role: Role,
-    ) -> ConnEvent {
-        let mut comm = [0u8; 16];
-        comm[..4].copy_from_slice(if role == Role::Client {
-            b"curl"
-        } else {
-            b"srv\0"
-        });
-        ConnEvent {
-            kind,
-            cookie,
-            ts_ns: ts,
-            connect_start_ns: 0,
-            established_ns: ts,
-            close_start_ns: 0,
-            cgroup_id: cookie * 10,
-            netns: 0,
-            bytes_sent: 0,
-            bytes_recv: 0,
-            send_calls: 0,
-            recv_calls: 0,
-            data_events: 0,
-            tcp_bytes_acked: 0,
-            tcp_bytes_received: 0,
-            srtt_us: 0,
-            total_retrans: 0,
-            segs_out: 0,
-            segs_in: 0,
-            tgid: cookie as u32 * 100,
-            flags: ConnFlags::OWNER_KNOWN | ConnFlags::CLOSED_LOCAL,
-            role,
-            old_state: 0,
-            new_state: 0,
-            local: sa(local),
-            remote: sa(remote),
-            comm,
-        }
-    }
-
-    fn data<'a>(
-        cookie: u64,
-        seq: u64,
-        ts: u64,
-        dir: Direction,
-        payload: &'a [u8],
-    ) -> DataEvent<'a> {
-        DataEvent {
-            cookie,
-            ts_ns: ts,
-            start_ns: ts,
-            seq,
-            len: payload.len() as u64,
-            cgroup_id: cookie * 10,
-            tgid: cookie as u32 * 100,
-            tid: cookie as u32 * 100,
-            fd: 3,
-            dir,
-            syscall: match dir {
-                Direction::Egress => Syscall::Write,
-                Direction::Ingress => Syscall::Read,
-            },
-            flags: 0,
-            comm: [0; 16],
-            payload,
-        }
-    }
-
-    /// Client 198.18.7.11 dials the Service 198.19.7.10:80; the backend 198.18.7.12:8080
-    /// accepts from the client's own address. Both sockets are on this node: one record
-    /// per exchange and per connection, with both processes and the Service address.
-    #[test]
-    fn translated_connection_between_local_sockets_is_written_once() {
-        let (client, service, backend) =
-            ("198.18.7.11:40000", "198.19.7.10:80", "198.18.7.12:8080");
-        let lookups = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let nat = Nat {
-            client: sa(client),
-            service: sa(service),
-            backend: sa(backend),
-            lookups: lookups.clone(),
-        };
-        let mut e = Engine::new(
-            EngineOptions::default(),
-            Clock::now(),
-            Some(Box::new(nat)),
-            0,
-        );
-        let req = b"GET /x HTTP/1.1\r\nHost: cart\r\n\r\n";
-        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-        e.on_conn(&conn(
-            ConnKind::Connected,
-            1,
-            1_000,
-            client,
-            service,
-            Role::Client,
-        ));
-        e.on_data(&data(1, 0, 2_000, Direction::Egress, req));
-        // The accepted socket is announced at its first data.
-        e.on_conn(&conn(
-            ConnKind::Accepted,
-            2,
-            2_500,
-            backend,
-            client,
-            Role::Server,
-        ));
-        e.on_data(&data(2, 0, 3_000, Direction::Ingress, req));
-        e.on_data(&data(2, 1, 4_000, Direction::Egress, resp));
-        e.on_data(&data(1, 1, 5_000, Direction::Ingress, resp));
-        e.on_conn(&conn(
-            ConnKind::Closed,
-            1,
-            6_000,
-            client,
-            service,
-            Role::Client,
-        ));
-        e.on_conn(&conn(
-            ConnKind::Closed,
-            2,
-            6_100,
-            backend,
-            client,
-            Role::Server,
-        ));
-        e.finish_all(1_000_000_000);
-        let http: Vec<&HttpRecord> = e
-            .out
-            .iter()
-            .filter_map(|r| match r {
-                Record::Http(h) => Some(h),
-                _ => None,
-            })
-            .collect();
-        let conns: Vec<&ConnectionRecord> = e
-            .out
-            .iter()
-            .filter_map(|r| match r {
-                Record::Connection(c) => Some(c),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(http.len(), 1, "{:#?}", e.out);
-        assert_eq!(conns.len(), 1, "{:#?}", e.out);
-        assert_eq!(e.user_counters().nat_linked, 1);
-        for (ob, cl, sv) in [
-            (http[0].observed_by, &http[0].client, &http[0].server),
-            (conns[0].observed_by, &conns[0].client, &conns[0].server),
-        ] {
-            assert_eq!(ob, ObservedBy::Both);
-            assert_eq!(cl.pid, Some(100));
-            assert_eq!(sv.pid, Some(200));
-            assert_eq!(sv.port, 8080);
-            let via = sv.via.as_ref().expect("the Service address is kept");
-            assert_eq!(via.addr, Some(sa(service).ip()));
-            assert_eq!(via.port, 80);
-            assert_eq!(via.service.as_deref(), Some("cart.shop"));
-        }
-        assert_eq!(lookups.load(std::sync::atomic::Ordering::Relaxed), 1);
-    }
 
     /// Data of sockets whose opening events were all lost (a ring overflow, or sockets a
     /// pod opens and writes without ever being seen connecting) still fills the table
@@ -1564,129 +788,5 @@ mod tests {
         let evicted = e.loss_counters().evicted_connections;
         assert!(evicted >= 899, "{evicted}");
         assert_eq!(evicted as usize + e.connections_open(), 1000);
-    }
-
-    /// Clients that pipeline requests no one answers make every parser hold up to its own
-    /// bound; together they are held to the shared budget: the parsers holding the most
-    /// start over, their requests are written out (incomplete, `memory_budget`), none is
-    /// lost, and parsing goes on.
-    #[test]
-    fn parsers_are_held_to_one_shared_budget() {
-        let budget = 256 * 1024;
-        let opts = EngineOptions {
-            max_parser_bytes: budget,
-            ..EngineOptions::default()
-        };
-        let mut e = Engine::new(opts, Clock::now(), None, 0);
-        let long = "a".repeat(1000);
-        let mut sent = 0u64;
-        let mut peak = 0;
-        for cookie in 1..=40u64 {
-            e.on_conn(&conn(
-                ConnKind::Connected,
-                cookie,
-                cookie,
-                &format!("127.0.0.1:{}", 40000 + cookie),
-                "127.0.0.2:8080",
-                Role::Client,
-            ));
-            for seq in 0..50u64 {
-                let req = format!("GET /{long}/{seq} HTTP/1.1\r\nHost: x\r\n\r\n");
-                // Past the wait for a server's view on this node to be linked.
-                let ts = LINK_WAIT_NS + 1000 + seq;
-                e.on_data(&data(cookie, seq, ts, Direction::Egress, req.as_bytes()));
-                sent += 1;
-                peak = peak.max(e.user_counters().parser_bytes);
-            }
-        }
-        let u = e.user_counters();
-        assert!(peak <= budget as u64 + 64 * 1024, "peak {peak}");
-        assert!(u.parsers_shed_memory >= 4, "{u:?}");
-        // A client's view younger than the wait, with no server's view linked yet, is
-        // not made to write early: the server's view may still come and write it.
-        let mut young = Engine::new(
-            EngineOptions {
-                max_parser_bytes: 16 * 1024,
-                ..EngineOptions::default()
-            },
-            Clock::now(),
-            None,
-            0,
-        );
-        young.on_conn(&conn(
-            ConnKind::Connected,
-            1,
-            1,
-            "127.0.0.1:40001",
-            "127.0.0.2:8080",
-            Role::Client,
-        ));
-        for seq in 0..50u64 {
-            let req = format!("GET /{long}/{seq} HTTP/1.1\r\nHost: x\r\n\r\n");
-            young.on_data(&data(1, seq, 1000 + seq, Direction::Egress, req.as_bytes()));
-        }
-        assert_eq!(young.user_counters().parsers_shed_memory, 0);
-        young.tick(LINK_WAIT_NS + 10);
-        assert_eq!(young.user_counters().parsers_shed_memory, 1);
-        assert!(young.user_counters().parser_bytes <= 16 * 1024);
-        // Held back without the budget: 40 x 50 requests of about 1.1 KB.
-        e.finish_all(LINK_WAIT_NS + 1_000_000);
-        let http: Vec<&HttpRecord> = e
-            .out
-            .iter()
-            .filter_map(|r| match r {
-                Record::Http(h) => Some(h),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(http.len() as u64, sent, "every request written once");
-        let shed = http
-            .iter()
-            .filter(|h| h.notes.iter().any(|n| n == "memory_budget"))
-            .count();
-        assert!(shed >= 100, "{shed} written early");
-        assert_eq!(e.user_counters().parser_bytes, 0);
-    }
-
-    /// A server whose remote happens to be a local client's address, but the kernel's
-    /// NAT table does not send that client to it: not linked.
-    #[test]
-    fn untranslated_coincidence_is_not_linked() {
-        let nat = Nat {
-            client: sa("198.18.7.11:40000"),
-            service: sa("198.19.7.10:80"),
-            backend: sa("198.18.7.13:8080"),
-            lookups: Default::default(),
-        };
-        let mut e = Engine::new(
-            EngineOptions::default(),
-            Clock::now(),
-            Some(Box::new(nat)),
-            0,
-        );
-        e.on_conn(&conn(
-            ConnKind::Connected,
-            1,
-            1,
-            "198.18.7.11:40000",
-            "198.19.7.10:80",
-            Role::Client,
-        ));
-        e.on_conn(&conn(
-            ConnKind::Accepted,
-            2,
-            2,
-            "198.18.7.12:8080",
-            "198.18.7.11:40000",
-            Role::Server,
-        ));
-        e.finish_all(1_000_000_000);
-        assert_eq!(e.user_counters().nat_linked, 0);
-        let n = e
-            .out
-            .iter()
-            .filter(|r| matches!(r, Record::Connection(_)))
-            .count();
-        assert_eq!(n, 2);
     }
 }
