@@ -393,3 +393,273 @@ pub fn split_target(target: &str) -> (String, Option<String>) {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{ConnFlags, ConnKind};
+    use crate::engine::test_util::{conn, sa};
+    use crate::protocol::l7::Parser;
+    use crate::protocol::{Chunk, Direction};
+
+    const CLIENT: &str = "10.0.0.1:40000";
+    const SERVER: &str = "10.0.0.2:8080";
+
+    fn owner(pid: u32, comm: &str) -> Owner {
+        Owner {
+            pid,
+            comm: comm.to_string(),
+            cgroup_id: u64::from(pid) * 10,
+        }
+    }
+
+    /// The exchanges a real HTTP/1 parser makes of one request and its answer, seen by
+    /// the client.
+    fn one_exchange(req: &[u8], resp: &[u8]) -> Vec<Exchange> {
+        let mut parser = Parser::http1(Role::Client, 16 * 1024);
+        let mut done = Vec::new();
+        for (dir, start_ns, end_ns, data) in [
+            (Direction::Egress, 2_000, 2_100, req),
+            (Direction::Ingress, 5_000, 5_000, resp),
+        ] {
+            let chunk = Chunk {
+                dir,
+                start_ns,
+                end_ns,
+                len: data.len() as u64,
+                data,
+            };
+            parser.feed(&chunk, &mut done);
+        }
+        parser.close(9_000, &mut done);
+        done
+    }
+
+    /// A client's connection that carried one exchange and was closed by the client:
+    /// one HTTP record with the exchange and the ends it is given, and a connection
+    /// record with the close event's figures, the handshake and who closed it.
+    #[test]
+    fn a_finished_connection_with_one_exchange_gives_its_http_and_connection_records() {
+        let clock = Clock::with_offset(1_700_000_000_000_000_000);
+        let req = b"GET /cart?id=7 HTTP/1.1\r\nHost: shop\r\nUser-Agent: curl/8\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+        let mut exchanges = one_exchange(req, resp);
+        assert_eq!(exchanges.len(), 1);
+
+        let mut c = Conn::new(7, 1_000);
+        c.local = Some(sa(CLIENT));
+        c.remote = Some(sa(SERVER));
+        c.role = Role::Client;
+        c.role_source = RoleSource::Handshake;
+        c.preexisting = false;
+        c.connect_start_ns = 900;
+        c.established_ns = 1_000;
+        c.owner = Some(owner(100, "curl"));
+        c.proto = Proto::Http1;
+        c.exchanges = 1;
+        let client = endpoint(c.local, c.owner.as_ref());
+        let server = endpoint(c.remote, None);
+
+        let http = http_record(
+            exchanges.remove(0),
+            ExchangeEnds {
+                conn_id: c.cookie,
+                observed_by: ObservedBy::Client,
+                client: client.clone(),
+                server: server.clone(),
+                tls: false,
+            },
+            &clock,
+            false,
+        );
+        assert_eq!(http.v, SCHEMA_VERSION);
+        assert_eq!(http.conn_id, 7);
+        assert_eq!(http.observed_by, ObservedBy::Client);
+        assert_eq!(http.protocol, "HTTP/1.1");
+        assert_eq!(http.method.as_deref(), Some("GET"));
+        assert_eq!(http.path.as_deref(), Some("/cart"));
+        assert_eq!(http.query, None, "query strings are dropped unless kept");
+        assert_eq!(http.host.as_deref(), Some("shop"));
+        assert_eq!(http.user_agent.as_deref(), Some("curl/8"));
+        assert_eq!(http.status, Some(200));
+        assert_eq!(http.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(http.response.body_bytes, 2);
+        assert_eq!(http.start_mono_ns, 2_000);
+        assert_eq!(http.end_mono_ns, 5_000);
+        assert_eq!(http.duration_ns, 3_000);
+        assert_eq!(http.time, clock.rfc3339(5_000));
+        assert_eq!(http.start_time, clock.rfc3339(2_000));
+        assert_eq!(http.client.pid, Some(100));
+        assert_eq!(http.client.process.as_deref(), Some("curl"));
+        assert_eq!(http.client.port, 40000);
+        assert_eq!(http.server.addr, Some(sa(SERVER).ip()));
+        assert_eq!(http.server.pid, None);
+        assert!(!http.tls && !http.error && http.complete && !http.partial);
+        assert_eq!(http.stream_id, None);
+        assert!(http.grpc.is_none());
+
+        let mut close = conn(ConnKind::Closed, 7, 10_000, CLIENT, SERVER, Role::Client);
+        close.bytes_sent = req.len() as u64;
+        close.bytes_recv = resp.len() as u64;
+        close.send_calls = 1;
+        close.recv_calls = 1;
+        close.srtt_us = 50;
+        close.segs_out = 4;
+        close.segs_in = 3;
+        let rec = connection_record(
+            Finished {
+                conn: &c,
+                close: Some(&close),
+                end_reason: "",
+                now: 10_300,
+                role: Role::Client,
+                role_source: RoleSource::Handshake,
+                peer: None,
+                observed_by: ObservedBy::Client,
+                client,
+                server,
+            },
+            &clock,
+        );
+        assert_eq!(rec.v, SCHEMA_VERSION);
+        assert_eq!(rec.conn_id, 7);
+        assert_eq!(rec.time, clock.rfc3339(10_300));
+        assert_eq!(rec.mono_ns, 10_300);
+        assert_eq!(rec.observed_by, ObservedBy::Client);
+        assert_eq!(rec.role_source, RoleSource::Handshake);
+        assert_eq!(rec.client.pid, Some(100));
+        assert_eq!(rec.server.port, 8080);
+        assert_eq!(rec.protocol, "http1");
+        assert!(!rec.tls && !rec.preexisting && !rec.data_lost);
+        assert_eq!(rec.handshake.start_mono_ns, Some(900));
+        assert_eq!(rec.handshake.end_mono_ns, Some(1_000));
+        assert_eq!(rec.handshake.duration_ns, Some(100));
+        assert!(rec.handshake.success);
+        assert_eq!(rec.bytes_client_to_server, req.len() as u64);
+        assert_eq!(rec.bytes_server_to_client, resp.len() as u64);
+        assert_eq!(rec.calls_client_to_server, 1);
+        assert_eq!(rec.calls_server_to_client, 1);
+        assert_eq!(rec.tcp.srtt_us, 50);
+        assert_eq!(rec.tcp.segs_out, 4);
+        assert_eq!(rec.tcp.segs_in, 3);
+        assert_eq!(rec.closed_by, "client");
+        assert_eq!(rec.close_reason, "fin");
+        assert!(!rec.reset_sent && !rec.reset_received);
+        assert_eq!(rec.open_mono_ns, 1_000);
+        assert_eq!(rec.duration_ns, 9_300);
+        assert_eq!(rec.exchanges, 1);
+    }
+
+    /// The server's view of a connection whose client is linked on this node: the
+    /// handshake comes from the client's view, each byte count is the larger of the two
+    /// views', and a reset the client sent closes it.
+    #[test]
+    fn a_server_view_with_a_linked_client_takes_the_handshake_and_larger_counts() {
+        let clock = Clock::with_offset(0);
+        let mut c = Conn::new(8, 1_000);
+        c.local = Some(sa(SERVER));
+        c.remote = Some(sa(CLIENT));
+        c.established_ns = 1_000;
+        c.preexisting = false;
+        c.proto = Proto::Http1;
+        c.exchanges = 2;
+        c.taken_over = 1;
+        c.late_recv = 10;
+        let peer = PeerView {
+            owner: Some(owner(100, "curl")),
+            role: Some(Role::Client),
+            http: true,
+            bytes_sent: 500,
+            bytes_recv: 90,
+            connect_start_ns: 800,
+            established_ns: 990,
+            ..PeerView::default()
+        };
+        let mut close = conn(ConnKind::Closed, 8, 5_000, SERVER, CLIENT, Role::Server);
+        close.flags = ConnFlags::OWNER_KNOWN | ConnFlags::RST_RECV;
+        close.bytes_recv = 400;
+        close.bytes_sent = 100;
+        close.recv_calls = 3;
+        close.send_calls = 2;
+        let rec = connection_record(
+            Finished {
+                conn: &c,
+                close: Some(&close),
+                end_reason: "",
+                now: 5_000,
+                role: Role::Server,
+                role_source: RoleSource::Handshake,
+                peer: Some(&peer),
+                observed_by: ObservedBy::Both,
+                client: endpoint(c.remote, peer.owner.as_ref()),
+                server: endpoint(c.local, None),
+            },
+            &clock,
+        );
+        assert_eq!(rec.observed_by, ObservedBy::Both);
+        assert_eq!(rec.client.pid, Some(100));
+        assert_eq!(rec.handshake.start_mono_ns, Some(800));
+        assert_eq!(rec.handshake.end_mono_ns, Some(990));
+        assert_eq!(rec.handshake.duration_ns, Some(190));
+        assert_eq!(
+            rec.bytes_client_to_server, 500,
+            "the client's count is larger"
+        );
+        assert_eq!(
+            rec.bytes_server_to_client, 100,
+            "the server's count is larger"
+        );
+        assert_eq!(rec.calls_client_to_server, 3);
+        assert_eq!(rec.calls_server_to_client, 2);
+        assert_eq!(rec.closed_by, "client");
+        assert_eq!(rec.close_reason, "reset");
+        assert!(rec.reset_received && !rec.reset_sent);
+        assert_eq!(rec.exchanges, 3, "its own and the one its client wrote");
+    }
+
+    /// A connection still open when capture ends: the reason given, no closer, the
+    /// counts the engine kept, and its role guessed from its ports as the caller says.
+    #[test]
+    fn an_open_connection_at_exit_is_written_with_its_own_counts() {
+        let clock = Clock::with_offset(0);
+        let mut c = Conn::new(9, 1_000);
+        c.local = Some(sa(CLIENT));
+        c.remote = Some(sa(SERVER));
+        c.bytes_sent = 11;
+        c.bytes_recv = 22;
+        c.send_calls = 1;
+        c.recv_calls = 2;
+        c.data_lost = true;
+        c.proto = Proto::Tls;
+        let rec = connection_record(
+            Finished {
+                conn: &c,
+                close: None,
+                end_reason: "open_at_exit",
+                now: 4_000,
+                role: Role::Client,
+                role_source: RoleSource::Port,
+                peer: None,
+                observed_by: ObservedBy::Client,
+                client: endpoint(c.local, None),
+                server: endpoint(c.remote, None),
+            },
+            &clock,
+        );
+        assert_eq!(rec.role_source, RoleSource::Port);
+        assert_eq!(rec.close_reason, "open_at_exit");
+        assert_eq!(rec.closed_by, "unknown");
+        assert_eq!(rec.protocol, "tls");
+        assert!(rec.tls && rec.preexisting && rec.data_lost);
+        assert!(
+            rec.handshake.success,
+            "joined mid-stream: it was established"
+        );
+        assert_eq!(rec.handshake.start_mono_ns, None);
+        assert_eq!(rec.bytes_client_to_server, 11);
+        assert_eq!(rec.bytes_server_to_client, 22);
+        assert_eq!(rec.calls_client_to_server, 1);
+        assert_eq!(rec.calls_server_to_client, 2);
+        assert_eq!(rec.tcp, TcpFigures::default());
+        assert_eq!(rec.duration_ns, 3_000);
+    }
+}
