@@ -133,8 +133,8 @@ impl DebugLog {
                 "kind": "conn",
                 "type": conn_kind_name(c.kind),
                 "cookie": c.cookie,
-                "flags": c.flags,
-                "tls": c.has(super::skel::types::alog_conn_flags::ALOG_F_TLS),
+                "flags": c.flags.bits(),
+                "tls": c.flags.tls(),
                 "role": match c.role {
                     Role::Client => "client",
                     Role::Server => "server",

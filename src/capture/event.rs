@@ -102,7 +102,7 @@ pub struct ConnEvent {
     pub segs_out: u32,
     pub segs_in: u32,
     pub tgid: u32,
-    pub flags: u32,
+    pub flags: ConnFlags,
     pub role: Role,
     pub old_state: u8,
     pub new_state: u8,
@@ -111,9 +111,93 @@ pub struct ConnEvent {
     pub comm: [u8; 16],
 }
 
-impl ConnEvent {
-    pub fn has(&self, flag: types::alog_conn_flags) -> bool {
-        self.flags & flag.0 != 0
+/// The flags of a connection event (`alog_conn_flags`), decoded: what the kernel knew
+/// about the socket when it wrote the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnFlags(u32);
+
+impl ConnFlags {
+    pub const PREEXISTING: Self = Self(types::alog_conn_flags::ALOG_F_PREEXISTING.0);
+    pub const RST_SENT: Self = Self(types::alog_conn_flags::ALOG_F_RST_SENT.0);
+    pub const RST_RECV: Self = Self(types::alog_conn_flags::ALOG_F_RST_RECV.0);
+    pub const CLOSED_LOCAL: Self = Self(types::alog_conn_flags::ALOG_F_CLOSED_LOCAL.0);
+    pub const CLOSED_PEER: Self = Self(types::alog_conn_flags::ALOG_F_CLOSED_PEER.0);
+    pub const OWNER_KNOWN: Self = Self(types::alog_conn_flags::ALOG_F_OWNER_KNOWN.0);
+    pub const IGNORED: Self = Self(types::alog_conn_flags::ALOG_F_IGNORED.0);
+    pub const DATA_LOST: Self = Self(types::alog_conn_flags::ALOG_F_DATA_LOST.0);
+    pub const ANNOUNCED: Self = Self(types::alog_conn_flags::ALOG_F_ANNOUNCED.0);
+    pub const TLS: Self = Self(types::alog_conn_flags::ALOG_F_TLS.0);
+
+    /// The flags as the kernel wrote them.
+    pub fn from_bits(bits: u32) -> Self {
+        Self(bits)
+    }
+
+    /// The raw bits (for the debug log).
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    fn has(self, flag: Self) -> bool {
+        self.0 & flag.0 != 0
+    }
+
+    /// Open before capture began.
+    pub fn preexisting(self) -> bool {
+        self.has(Self::PREEXISTING)
+    }
+
+    /// This end sent a reset.
+    pub fn rst_sent(self) -> bool {
+        self.has(Self::RST_SENT)
+    }
+
+    /// The peer reset this end.
+    pub fn rst_recv(self) -> bool {
+        self.has(Self::RST_RECV)
+    }
+
+    /// This end sent FIN first.
+    pub fn closed_local(self) -> bool {
+        self.has(Self::CLOSED_LOCAL)
+    }
+
+    /// The peer sent FIN first.
+    pub fn closed_peer(self) -> bool {
+        self.has(Self::CLOSED_PEER)
+    }
+
+    /// The event's process fields (tgid, comm, cgroup) are valid.
+    pub fn owner_known(self) -> bool {
+        self.has(Self::OWNER_KNOWN)
+    }
+
+    /// Filtered out: no events.
+    pub fn ignored(self) -> bool {
+        self.has(Self::IGNORED)
+    }
+
+    /// A data event of this socket was dropped.
+    pub fn data_lost(self) -> bool {
+        self.has(Self::DATA_LOST)
+    }
+
+    /// User space has had an opening event for it.
+    pub fn announced(self) -> bool {
+        self.has(Self::ANNOUNCED)
+    }
+
+    /// Seen carrying TLS (a TLS library call used it).
+    pub fn tls(self) -> bool {
+        self.has(Self::TLS)
+    }
+}
+
+impl std::ops::BitOr for ConnFlags {
+    type Output = Self;
+
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
     }
 }
 
@@ -363,7 +447,7 @@ fn decode_event(data: &[u8], hdr: types::alog_hdr) -> Result<Event<'_>, DecodeEr
                 segs_out: e.segs_out,
                 segs_in: e.segs_in,
                 tgid: e.tgid,
-                flags: e.flags,
+                flags: ConnFlags::from_bits(e.flags),
                 role,
                 old_state: e.old_state,
                 new_state: e.new_state,
@@ -501,6 +585,31 @@ mod tests {
                 assert_eq!(c.kind, ConnKind::Connected);
                 assert_eq!(c.local, "[::1]:40000".parse().unwrap());
                 assert_eq!(c.remote, "127.0.0.1:80".parse().unwrap());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn conn_event_flags_are_decoded_by_name() {
+        let mut e = types::alog_conn_event::default();
+        e.hdr.kind = 2;
+        e.r#type = 5;
+        e.flags = types::alog_conn_flags::ALOG_F_OWNER_KNOWN.0
+            | types::alog_conn_flags::ALOG_F_RST_RECV.0
+            | types::alog_conn_flags::ALOG_F_TLS.0;
+        match decode(&bytes_of(&e)).unwrap() {
+            Event::Conn(c) => {
+                let f = c.flags;
+                assert_eq!(f.bits(), e.flags);
+                assert!(f.owner_known() && f.rst_recv() && f.tls());
+                assert!(!f.preexisting() && !f.rst_sent() && !f.data_lost());
+                assert!(!f.closed_local() && !f.closed_peer());
+                assert!(!f.ignored() && !f.announced());
+                assert_eq!(
+                    f,
+                    ConnFlags::OWNER_KNOWN | ConnFlags::RST_RECV | ConnFlags::TLS
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

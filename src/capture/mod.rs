@@ -21,7 +21,8 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 pub use hooks::{Hook, HookMode, Rung};
 
 pub use event::{
-    comm_str, ConnEvent, ConnKind, DataEvent, DecodeError, Event, ExecEvent, Record, Syscall,
+    comm_str, ConnEvent, ConnFlags, ConnKind, DataEvent, DecodeError, Event, ExecEvent, Record,
+    Syscall,
 };
 pub use tls::{TlsAttachStats, TlsStatsSource};
 
