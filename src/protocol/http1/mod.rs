@@ -5,6 +5,9 @@
 //! parsed with `httparse`; bodies are never buffered, only framed and counted. Requests wait in a
 //! bounded FIFO until the response that answers them has been framed.
 
+#[cfg(test)]
+mod test_util;
+
 use std::collections::VecDeque;
 
 use super::{Chunk, Direction, Role};
@@ -15,10 +18,13 @@ const MAX_PENDING: usize = 1024;
 /// are given up too (note `memory_budget`), so a pipelining client that is never
 /// answered holds at most this much, not 1024 heads.
 const MAX_PENDING_BYTES: usize = 1 << 20;
+
 /// Smallest head cap accepted, so that a request line prefix always fits for recognition.
 const MIN_HEADER_CAP: usize = 32;
+
 /// Longest chunk-size line (size plus extensions) before chunked framing is declared broken.
 const MAX_CHUNK_LINE: u32 = 4096;
+
 /// Bytes scanned for the end of an over-long head before giving up on finding it.
 const MIN_OVERFLOW_SCAN: u64 = 64 * 1024;
 /// A head buffer that grew past this is released after use, so idle connections stay small.
@@ -1581,78 +1587,8 @@ fn chunk_step(st: ChunkState, b: u8, trailer_cap: u64) -> Result<Option<ChunkSta
 
 #[cfg(test)]
 mod tests {
+    use super::test_util::{get, ok, only, E, I, T};
     use super::*;
-
-    const E: Direction = Direction::Egress;
-    const I: Direction = Direction::Ingress;
-
-    /// Test driver: feeds chunks with increasing timestamps and collects exchanges.
-    struct T {
-        c: Http1Conn,
-        out: Vec<Http1Exchange>,
-        ts: u64,
-    }
-
-    impl T {
-        fn new(role: Role) -> Self {
-            Self::with_cap(role, 4096)
-        }
-
-        fn with_cap(role: Role, cap: usize) -> Self {
-            T {
-                c: Http1Conn::new(role, cap),
-                out: Vec::new(),
-                ts: 1000,
-            }
-        }
-
-        /// Feed a fully captured call; returns its end timestamp.
-        fn send(&mut self, dir: Direction, data: &[u8]) -> u64 {
-            self.send_len(dir, data, data.len() as u64)
-        }
-
-        /// Feed a call that moved `len` bytes of which `data` is the captured prefix.
-        fn send_len(&mut self, dir: Direction, data: &[u8], len: u64) -> u64 {
-            self.ts += 10;
-            let chunk = Chunk {
-                dir,
-                start_ns: self.ts,
-                end_ns: self.ts,
-                len,
-                data,
-            };
-            self.c.feed(&chunk, &mut self.out);
-            self.ts
-        }
-
-        /// Feed a call of `len` bytes whose content is `data`, capturing at most `capture`.
-        fn send_captured(&mut self, dir: Direction, data: &[u8], capture: usize) -> u64 {
-            let n = data.len().min(capture);
-            self.send_len(dir, &data[..n], data.len() as u64)
-        }
-
-        fn close(&mut self) {
-            self.ts += 10;
-            self.c.close(self.ts, &mut self.out);
-        }
-    }
-
-    fn only(t: &T) -> &Http1Exchange {
-        assert_eq!(t.out.len(), 1, "{:#?}", t.out);
-        &t.out[0]
-    }
-
-    fn get(path: &str) -> Vec<u8> {
-        format!("GET {path} HTTP/1.1\r\nHost: svc\r\n\r\n").into_bytes()
-    }
-
-    fn ok(body: &str) -> Vec<u8> {
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    }
 
     #[test]
     fn detect_recognises_heads() {
